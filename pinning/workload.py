@@ -63,7 +63,7 @@ def read_trace(path: str | Path) -> Trace:
         raise InputError(f"cannot read trace {path}: {exc.strerror}") from None
     rows: list[tuple[str, int, int]] = []
     with fh:
-        reader = csv.reader(fh)
+        reader = csv.reader(fh, strict=True)
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:

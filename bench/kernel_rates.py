@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""How fast the model's kernels run, next to this machine's own memory rates.
+
+Measures, in one run (medians of --repeat values, host memory warmed before each):
+  * the machine: streaming int64 writes and random ``a[i] += 1`` over 2 GiB;
+  * upfront startup (pages/s), demand sequential 4k faults/s, random 4k
+    faults/s over a 64 GiB guest -- simulation bookkeeping, not real faults;
+  * the same three on the pure-Python reference model (tests/reference.py);
+  * ``pinbench simulate --pattern sequential`` of a 1 TiB 4k guest, both
+    strategies, each in its own process (wall time, phases, peak RSS);
+  * the first call of the kernels in a new process, with an empty numba
+    cache and with the cache the first process left.
+
+Usage: python bench/kernel_rates.py [--quick] [--repeat N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pinning.hostmem import random_update, stream_write, warm_host  # noqa: E402
+from pinning.levels import format_size  # noqa: E402
+from pinning.sim import memory_needed, simulate, warm_up  # noqa: E402
+
+GiB = 1 << 30
+
+
+def median_of(fn, repeat: int) -> tuple[float, float, float]:
+    """(median, min, max) of ``repeat`` calls of ``fn`` returning a rate."""
+    values = [fn() for _ in range(repeat)]
+    return statistics.median(values), min(values), max(values)
+
+
+def machine_rates(nbytes: int, repeat: int) -> dict:
+    """Streaming-write and random-update rates of this machine over ``nbytes``."""
+    a = np.zeros(nbytes // 8, dtype=np.int64)
+    idx = np.random.default_rng(0).integers(0, a.shape[0], size=min(a.shape[0], 1 << 25))
+    stream_write(a[:8], 1)
+    random_update(a[:8], idx[:8] % 8)
+
+    def write() -> float:
+        t = time.perf_counter()
+        stream_write(a, 2)
+        return a.shape[0] / (time.perf_counter() - t)
+
+    def update() -> float:
+        t = time.perf_counter()
+        random_update(a, idx)
+        return idx.shape[0] / (time.perf_counter() - t)
+
+    w = median_of(write, repeat)
+    u = median_of(update, repeat)
+    return {"array_bytes": nbytes, "stream_write_words_per_s": w,
+            "stream_write_bytes_per_s": tuple(x * 8 for x in w), "random_update_per_s": u}
+
+
+def model_rates(guest_pages: int, repeat: int) -> dict:
+    """Upfront startup, demand sequential and random 4k fault rates of the kernels."""
+
+    def run(strategy: str, pattern: str, phase: str, touch: float) -> float:
+        warm_host(memory_needed(strategy, guest_pages, "4k", 0, 4 * guest_pages))
+        r = simulate(strategy, guest_pages, "4k", pattern=pattern, touch_fraction=touch, seed=1)
+        return guest_pages / (r.elapsed_ns[phase] / 1e9)
+
+    return {
+        "guest_pages": guest_pages,
+        "upfront_startup_pages_per_s": median_of(
+            lambda: run("upfront", "sequential", "startup", 0.0), repeat),
+        "demand_sequential_faults_per_s": median_of(
+            lambda: run("demand", "sequential", "access", 1.0), repeat),
+        "demand_random_faults_per_s": median_of(
+            lambda: run("demand", "random", "access", 1.0), repeat),
+        "upfront_random_faults_per_s": median_of(
+            lambda: run("upfront", "random", "access", 1.0), repeat),
+    }
+
+
+def reference_rates(guest_pages: int, repeat: int) -> dict:
+    """The same three rates on the pure-Python reference model."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from reference import run_reference
+
+    seq = [("access", g, 1) for g in range(guest_pages)]
+    order = np.arange(guest_pages, dtype=np.uint32)
+    np.random.default_rng(1).shuffle(order)
+    rnd = [("access", int(g), 1) for g in order]
+
+    def startup() -> float:
+        t = time.perf_counter()
+        run_reference("upfront", guest_pages, "4k", [], teardown=False)
+        return guest_pages / (time.perf_counter() - t)
+
+    def faults(ops) -> float:
+        t0 = time.perf_counter()
+        run_reference("demand", guest_pages, "4k", [], teardown=False)
+        t1 = time.perf_counter()
+        run_reference("demand", guest_pages, "4k", ops, teardown=False)
+        return guest_pages / ((time.perf_counter() - t1) - (t1 - t0))
+
+    return {
+        "guest_pages": guest_pages,
+        "upfront_startup_pages_per_s": median_of(startup, repeat),
+        "demand_sequential_faults_per_s": median_of(lambda: faults(seq), repeat),
+        "demand_random_faults_per_s": median_of(lambda: faults(rnd), repeat),
+    }
+
+
+def one_tib(size: str) -> list[dict]:
+    """``pinbench simulate --pattern sequential`` end to end, each strategy in its own process."""
+    out = []
+    for strategy in ("upfront", "demand"):
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pinning", "simulate", "--strategy", strategy,
+             "--guest-size", size, "--pattern", "sequential", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout, stderr = proc.stdout.read(), proc.stderr.read()
+        # wait4 gives this child's own peak RSS, not the maximum over all children.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            out.append({"strategy": strategy, "size": size, "failed": stderr.strip()})
+            continue
+        res = json.loads(stdout)
+        out.append({"strategy": strategy, "size": size, "wall_s": wall,
+                    "elapsed_ns": res["elapsed_ns"], "guest_pages": res["guest_pages"],
+                    "pins": res["pins"], "error": res["error"],
+                    "peak_rss_bytes": usage.ru_maxrss * 1024})
+    return out
+
+
+def jit_first_call() -> dict:
+    """First call of the kernels in a new process: empty numba cache, then warm cache."""
+    code = ("import time; from pinning.sim import warm_up; t = time.perf_counter(); warm_up(); "
+            "print(time.perf_counter() - t)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        times = []
+        for _ in range(2):
+            proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                  text=True, check=True, cwd=ROOT)
+            times.append(float(proc.stdout.strip()))
+    return {"empty_cache_s": times[0], "warm_cache_s": times[1]}
+
+
+def fmt_rate(r: tuple[float, float, float]) -> str:
+    return f"{r[0] / 1e6:,.1f} M/s ({r[1] / 1e6:,.1f}-{r[2] / 1e6:,.1f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args()
+    repeat = 2 if args.quick else args.repeat
+    guest_pages = (64 * GiB if not args.quick else 64 << 20) // 4096
+    warm_up()
+
+    report: dict = {"repeat": repeat}
+    report["machine"] = machine_rates(64 << 20 if args.quick else 2 * GiB, repeat)
+    report["model"] = model_rates(guest_pages, repeat)
+    report["reference"] = reference_rates(1024 if args.quick else 16384, min(repeat, 3))
+    report["big"] = one_tib("64MiB" if args.quick else "1TiB")
+    report["jit"] = jit_first_call()
+
+    m, k, ref = report["machine"], report["model"], report["reference"]
+    print(f"machine ({format_size(m['array_bytes'])} int64 array, median (min-max) of {repeat})")
+    print(f"  streaming write       {fmt_rate(m['stream_write_words_per_s'])} words, "
+          f"{m['stream_write_bytes_per_s'][0] / 1e9:.1f} GB/s")
+    print(f"  random a[i] += 1      {fmt_rate(m['random_update_per_s'])}")
+    print(f"model, {format_size(guest_pages * 4096)} guest at 4k (sim bookkeeping)"
+          f"                     reference ({ref['guest_pages']} pages)      ratio")
+    for key in ("upfront_startup_pages_per_s", "demand_sequential_faults_per_s",
+                "demand_random_faults_per_s", "upfront_random_faults_per_s"):
+        line = f"  {key:<32}{fmt_rate(k[key]):<34}"
+        if key in ref:
+            line += f"{fmt_rate(ref[key]):<28}{k[key][0] / ref[key][0]:>8,.0f}x"
+        print(line)
+    for big in report["big"]:
+        if "failed" in big:
+            print(f"  {big['size']} {big['strategy']}: FAILED {big['failed']}")
+            continue
+        ph = {p: v / 1e9 for p, v in big["elapsed_ns"].items()}
+        print(f"  simulate {big['size']} {big['strategy']:<8} wall {big['wall_s']:.1f} s "
+              f"(startup {ph['startup']:.2f} s, access {ph['access']:.2f} s, "
+              f"teardown {ph['teardown']:.2f} s), peak RSS "
+              f"{format_size(big['peak_rss_bytes'])}, error {big['error']}")
+    j = report["jit"]
+    print(f"  first call of the kernels: {j['empty_cache_s']:.2f} s with an empty numba cache, "
+          f"{j['warm_cache_s']:.2f} s from the cache")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

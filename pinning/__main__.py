@@ -1,0 +1,7 @@
+"""``python -m pinning`` runs the ``pinbench`` command line."""
+
+import sys
+
+from pinning.cli import main
+
+sys.exit(main())

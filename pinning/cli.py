@@ -1,0 +1,150 @@
+"""The ``pinbench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from pinning.levels import LEVELS, PAGE_SIZE, InputError, format_size, guest_pages_for, parse_size
+from pinning.workload import PATTERNS, read_trace
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _size(what: str):
+    def parse(text: str) -> int:
+        try:
+            return parse_size(text, what)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _memlock(text: str) -> int | None:
+    if text.strip().lower() in ("unlimited", "none", "inf"):
+        return None
+    if text.strip() == "0":
+        return 0
+    return _size("memory-lock limit")(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"touch fraction {text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"touch fraction {text} must lie between 0 and 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``pinbench`` subcommand."""
+    parser = _Parser(prog="pinbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run one modelled VM lifecycle (startup, operations, teardown) and print counters",
+        description="Run startup, the guest's operations and teardown on the model and print "
+        "the event counters (modelled) and the wall time of each phase (measured).",
+    )
+    sim.add_argument("--strategy", required=True, choices=("upfront", "demand"))
+    sim.add_argument("--guest-size", required=True, type=_size("guest size"),
+                     help="guest memory, e.g. 4GiB (KiB, MiB, GiB, TiB)")
+    sim.add_argument("--level", default="4k", choices=tuple(LEVELS),
+                     help="mapping level of host backing and nested mappings (default 4k)")
+    sim.add_argument("--memlock-limit", type=_memlock, default=None, metavar="SIZE",
+                     help="RLIMIT_MEMLOCK of the VMM (default: unlimited, as when privileged)")
+    what = sim.add_mutually_exclusive_group(required=True)
+    what.add_argument("--trace", metavar="FILE", help="CSV with header op,gfn,npages")
+    what.add_argument("--pattern", choices=PATTERNS)
+    sim.add_argument("--touch-fraction", type=_fraction, default=1.0, metavar="F",
+                     help="fraction of the guest's units a pattern touches (default 1)")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the random pattern")
+    sim.add_argument("--json", action="store_true", help="print one JSON object")
+    sim.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """``pinbench simulate``: one modelled lifecycle."""
+    from pinning.sim import simulate, warm_up
+
+    guest_pages = guest_pages_for(args.guest_size, args.level)
+    trace = read_trace(args.trace) if args.trace else None
+    if trace is not None:
+        trace.check(guest_pages)
+    # Compile or load the kernels first so that no phase's time includes the JIT.
+    warm_up()
+    result = simulate(
+        args.strategy,
+        guest_pages,
+        args.level,
+        trace=trace,
+        pattern=args.pattern,
+        touch_fraction=args.touch_fraction,
+        seed=args.seed,
+        memlock_limit=args.memlock_limit,
+    )
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(format_result(result.as_dict()))
+    return 0
+
+
+def format_result(res: dict) -> str:
+    """A readable table of one ``simulate`` result."""
+    from pinning.kernels import COUNTER_NAMES
+
+    size = format_size(res["guest_pages"] * PAGE_SIZE)
+    lines = [f"{res['strategy']} pinning, {size} guest ({res['guest_pages']:,} pages), "
+             f"level {res['level']}"]
+    if res["error"]:
+        lines.append(f"error: {res['error']}")
+    lines.append("")
+    lines.append("event counts (modelled)")
+    for name in COUNTER_NAMES:
+        value = res[name]
+        extra = f"  ({format_size(value)})" if name.endswith("_bytes") and value else ""
+        lines.append(f"  {name:<26}{value:>16,}{extra}")
+    lines.append("")
+    lines.append("wall time of the simulation (measured)")
+    for phase, ns in res["elapsed_ns"].items():
+        lines.append(f"  {phase:<26}{ns / 1e6:>13.3f} ms")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pinbench`` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed in one line
+        return int(exc.code or 0)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"pinbench {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        print(f"pinbench {args.command}: error: out of memory", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"pinbench {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
