@@ -48,6 +48,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed {text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seed {value} must not be negative")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``pinbench`` subcommand."""
     parser = _Parser(prog="pinbench", description=__doc__)
@@ -71,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--pattern", choices=PATTERNS)
     sim.add_argument("--touch-fraction", type=_fraction, default=1.0, metavar="F",
                      help="fraction of the guest's units a pattern touches (default 1)")
-    sim.add_argument("--seed", type=int, default=0, help="seed of the random pattern")
+    sim.add_argument("--seed", type=_seed, default=0, help="seed of the random pattern")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
     return parser

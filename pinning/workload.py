@@ -12,6 +12,8 @@ from pinning import kernels as K
 from pinning.levels import InputError
 
 PATTERNS = ("sequential", "random")
+# Larger gfns or page counts than any guest can have (and than int64 can hold).
+MAX_GFN = 1 << 52
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ def _parse_row(path: Path, line: int, row: list[str], ncols: int) -> tuple[str, 
         raise InputError(f"{path}:{line}: gfn {gfn_s!r} is not an integer") from None
     if gfn < 0:
         raise InputError(f"{path}:{line}: gfn {gfn} is negative")
+    if gfn >= MAX_GFN:
+        raise InputError(f"{path}:{line}: gfn {gfn} is out of range")
     if op == "access":
         if npages_s not in ("", "1"):
             raise InputError(f"{path}:{line}: access takes npages empty or 1, got {npages_s!r}")
@@ -104,8 +108,8 @@ def _parse_row(path: Path, line: int, row: list[str], ncols: int) -> tuple[str, 
         npages = int(npages_s)
     except ValueError:
         raise InputError(f"{path}:{line}: npages {npages_s!r} is not an integer") from None
-    if npages < 1:
-        raise InputError(f"{path}:{line}: remap npages must be at least 1, got {npages}")
+    if not 1 <= npages < MAX_GFN:
+        raise InputError(f"{path}:{line}: remap npages must be between 1 and 2^52, got {npages}")
     return op, gfn, npages
 
 

@@ -19,9 +19,12 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def write_trace(tmp_path: Path, text: str) -> str:
+def write_trace(tmp_path: Path, text: str | bytes) -> str:
     path = tmp_path / "trace.csv"
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     return str(path)
 
 
@@ -80,6 +83,7 @@ def test_memlock_failure_is_a_result_not_an_error(capsys):
         (["--guest-size", "4GiB", "--touch-fraction", "1.5"], "between 0 and 1"),
         (["--guest-size", "4GiB", "--touch-fraction", "half"], "not a number"),
         (["--guest-size", "64TiB"], "of memory for its arrays, but only"),
+        (["--guest-size", "4MiB", "--seed=-1"], "seed -1 must not be negative"),
     ],
 )
 def test_bad_arguments_one_line_exit_2(capsys, argv, needle):
@@ -99,7 +103,10 @@ def test_bad_arguments_one_line_exit_2(capsys, argv, needle):
         ("op,gfn,npages\naccess,zero,\n", ":2: gfn 'zero' is not an integer"),
         ("op,gfn,npages\naccess,-1,\n", ":2: gfn -1 is negative"),
         ("op,gfn,npages\naccess,1,2\n", ":2: access takes npages empty or 1"),
-        ("op,gfn,npages\nremap,1,0\n", ":2: remap npages must be at least 1"),
+        ("op,gfn,npages\nremap,1,0\n", ":2: remap npages must be between 1 and"),
+        ("op,gfn,npages\naccess,99999999999999999999999,\n", ":2: gfn 9999999999999999999"),
+        ("op,gfn,npages\nremap,0,99999999999999999999999\n", ":2: remap npages must be betw"),
+        (b"\xff\xfe\x00bad\n", ":1: not a CSV file"),
         ("op,gfn,npages\naccess,1\n", ":2: expected 3 fields, got 2"),
         ("gfn,op\n1,access\n", ":1: header must be op,gfn,npages"),
         ("", ":1: empty trace"),
