@@ -10,7 +10,7 @@ import numpy as np
 
 from pinning import kernels as K
 from pinning.levels import PAGE_SIZE, InputError, format_size, unit_pages
-from pinning.workload import Trace, random_units, touched_units
+from pinning.workload import PATTERNS, Trace, random_units, touched_units
 
 STRATEGIES = {"upfront": K.UPFRONT, "demand": K.DEMAND}
 PHASES = ("startup", "access", "teardown")
@@ -167,9 +167,7 @@ def simulate(
     if trace is not None:
         trace.check(guest_pages)
         remapped = trace.remapped_pages(upages)
-    elif pattern == "sequential":
-        count = touched_units(n_units, touch_fraction)
-    elif pattern == "random":
+    elif pattern in PATTERNS:
         count = touched_units(n_units, touch_fraction)
     else:
         raise InputError(f"unknown pattern {pattern!r} (expected sequential or random)")
