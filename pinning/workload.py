@@ -127,3 +127,40 @@ def random_units(n_units: int, touch_fraction: float, seed: int) -> np.ndarray:
     units = np.arange(n_units, dtype=dtype)
     np.random.default_rng(seed).shuffle(units)
     return units[:count]
+
+
+# --- Workloads of the suite: what V vCPUs and the VMM do after startup. -----------
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of guest accesses by ``nvcpus`` vCPUs running concurrently.
+
+    vCPU ``v`` touches ``units[bounds[v]:bounds[v + 1]]`` in order (each entry a
+    unit index: gfn // unit_pages). Which vCPU's access comes first in time is
+    decided by the vCPU model, not by this layout.
+    """
+
+    units: np.ndarray  # uint32 (int64 for guests of 2^32 units or more)
+    bounds: np.ndarray  # int64[nvcpus + 1], bounds[0] == 0, bounds[-1] == len(units)
+
+    @property
+    def nvcpus(self) -> int:
+        return int(self.bounds.shape[0] - 1)
+
+
+@dataclass(frozen=True)
+class Remap:
+    """The VMM unmaps and maps again ``[gfn, gfn + npages)`` (all vCPUs wait)."""
+
+    gfn: int
+    npages: int
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Phases of guest accesses and VMM remaps, run in order after startup."""
+
+    steps: tuple[Phase | Remap, ...]
+    nvcpus: int
+    description: str = ""
