@@ -131,6 +131,16 @@ def allocate_metadata(strategy: str, guest_pages: int) -> tuple:
     )
 
 
+def new_state(strategy: str, guest_pages: int, level: str, remapped_pages: int = 0) -> tuple:
+    """A fresh state tuple for kernels.run (host arrays plus KVM's metadata for ``strategy``).
+
+    ``remapped_pages`` bounds how many pages later remaps will touch (see
+    :func:`frame_capacity`). Startup has not run yet.
+    """
+    host = new_host(guest_pages, level, frame_capacity(guest_pages, remapped_pages))
+    return (*host, *allocate_metadata(strategy, guest_pages))
+
+
 def simulate(
     strategy: str,
     guest_pages: int,
