@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import numba
 
 F = TypeVar("F", bound=Callable)
+
+# Modules whose kernels call each other. Numba's disk cache is keyed by each
+# function's own source file only, so a kernel in one module would keep
+# running the stale machine code of a changed kernel in another (numba issue
+# #1833). Keying the cache directory by all of them together avoids that.
+KERNEL_MODULES = ("jit.py", "kernels.py", "vcpu_kernels.py", "hostmem.py")
+
+
+def _cache_dir() -> str:
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in KERNEL_MODULES:
+        path = here / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    base = os.environ.get("NUMBA_CACHE_DIR") or str(here / "__pycache__" / "numba")
+    return os.path.join(base, f"pinbench-{digest.hexdigest()[:16]}")
+
+
+numba.config.CACHE_DIR = _cache_dir()
 
 
 def kernel(fn: F) -> F:
