@@ -60,6 +60,21 @@ def test_trace_file_runs_and_table_labels_measured_and_modelled(capsys, tmp_path
     assert res["npf_exits"] == 3 and res["wbinvd"] == 2
 
 
+def test_trace_vcpu_column_does_not_change_the_counts(capsys, tmp_path):
+    plain = write_trace(tmp_path, "op,gfn,npages\naccess,0,\nremap,0,1\naccess,513,\n")
+    with_vcpu = tmp_path / "vcpu.csv"
+    with_vcpu.write_text("op,gfn,npages,vcpu\naccess,0,,3\nremap,0,1,\naccess,513,,63\n")
+    results = []
+    for trace in (plain, str(with_vcpu)):
+        code, out, err = run_cli(capsys, "--strategy", "demand", "--guest-size", "4MiB",
+                                 "--level", "2m", "--trace", trace, "--json")
+        assert code == 0, err
+        res = json.loads(out)
+        res.pop("elapsed_ns")
+        results.append(res)
+    assert results[0] == results[1] and results[0]["npf_exits"] == 2
+
+
 def test_memlock_failure_is_a_result_not_an_error(capsys):
     code, out, err = run_cli(capsys, "--strategy", "upfront", "--guest-size", "1GiB",
                              "--memlock-limit", "8MiB", "--pattern", "sequential", "--json")
@@ -111,6 +126,8 @@ def test_bad_arguments_one_line_exit_2(capsys, argv, needle):
         ("gfn,op\n1,access\n", ":1: header must be op,gfn,npages"),
         ("", ":1: empty trace"),
         ('op,gfn,npages\naccess,"1\n', "malformed CSV"),
+        ("op,gfn,npages,vcpu\naccess,0,,x\n", ":2: vcpu 'x' must be an integer between 0 and 63"),
+        ("op,gfn,npages,vcpu\naccess,0,,64\n", ":2: vcpu '64' must be an integer between"),
     ],
 )
 def test_bad_trace_names_the_line(capsys, tmp_path, text, needle):
