@@ -84,7 +84,68 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=_seed, default=0, help="seed of the random pattern")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
+
+    run = sub.add_parser(
+        "run", help="run a benchmark suite under pyperf and write one results file",
+        description="Run every benchmark of a suite (pyperf workers, measured wall time of the "
+        "model plus modelled events and times in the metadata) and write one pyperf JSON file.")
+    run.add_argument("--suite", default="quick", help="quick, full or a suite TOML file")
+    run.add_argument("-o", "--output", default=None, metavar="FILE",
+                     help="results file (default results/<suite>-<date>.json)")
+    run.add_argument("--force", action="store_true", help="overwrite an existing results file")
+    run.add_argument("--cost-profile", default=None, metavar="FILE",
+                     help="cost profile TOML for the modelled times (default: builtin)")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list the benchmarks of a suite",
+                         description="List the benchmarks a suite would run.")
+    lst.add_argument("--suite", default="quick", help="quick, full or a suite TOML file")
+    lst.set_defaults(func=cmd_list)
     return parser
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``pinbench list``: the benchmarks of a suite, one per line."""
+    from pinning.runner import describe
+    from pinning.suite import load_suite
+
+    suite = load_suite(args.suite)
+    print(f"suite {suite.name} ({suite.source}): {len(suite.benchmarks)} benchmarks, "
+          f"{suite.processes} processes x {suite.values} values each")
+    for config in suite.benchmarks:
+        print(describe(config))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``pinbench run``: exit 0 if every benchmark ran (or was skipped for memory), 1 if not."""
+    import time
+    from pathlib import Path
+
+    from pinning.runner import run_suite
+    from pinning.suite import load_suite
+
+    suite = load_suite(args.suite)
+    output = Path(args.output or f"results/{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    start = time.monotonic()
+    try:
+        report = run_suite(suite, output, force=args.force, cost_profile=args.cost_profile)
+    except KeyboardInterrupt as exc:
+        report = getattr(exc, "report", None)
+        done = ", ".join(report.done) if report and report.done else "none"
+        print(f"pinbench run: interrupted; no results file written. Finished before the "
+              f"interrupt: {done}", file=sys.stderr)
+        return 130
+    wall = time.monotonic() - start
+    print(f"{len(report.done)} benchmarks ran, {len(report.skipped)} skipped, "
+          f"{len(report.failed)} failed in {wall:.0f} s")
+    for name, why in report.skipped:
+        print(f"skipped {name}: {why}")
+    for name, why in report.failed:
+        print(f"FAILED {name}: {why}")
+    if report.output:
+        print(f"results: {report.output}")
+    return 1 if report.failed or not report.output else 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

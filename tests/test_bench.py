@@ -13,8 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 
 # Each bench script and the arguments that make it a smoke test.
+TINY = ["--guest-size", "8MiB", "--processes", "1", "--values", "1", "--warmups", "0",
+        "--loops", "1"]
 SMOKE_ARGS = {
     "kernel_rates.py": ["--quick"],
+    "startup.py": [*TINY, "--strategy", "upfront", "--level", "2m"],
+    "fault_storm.py": [*TINY, "--strategy", "demand", "--vcpus", "4", "--pattern", "zipf"],
+    "remap.py": [*TINY, "--strategy", "upfront", "--remap-fraction", "0.25"],
+    "teardown.py": [*TINY, "--strategy", "demand", "--touch-fraction", "0.5"],
+    "lifecycle.py": [*TINY, "--strategy", "demand", "--pattern", "random",
+                     "--layout", "shared", "--vcpus", "2"],
 }
 
 
@@ -38,3 +46,52 @@ def test_kernel_rates_quick(tmp_path):
     assert all(b["pins"] == b["guest_pages"] and b["error"] is None for b in big)
     assert report["jit"]["empty_cache_s"] > 0 and report["jit"]["warm_cache_s"] > 0
     assert "first call of the kernels" in proc.stdout
+
+
+PYPERF_SCRIPTS = sorted(set(SMOKE_ARGS) - {"kernel_rates.py"})
+
+
+@pytest.mark.parametrize("script", PYPERF_SCRIPTS)
+def test_pyperf_script_records_parameters_events_and_model(tmp_path, script):
+    import pyperf
+
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, str(BENCH / script), *SMOKE_ARGS[script],
+                           "-o", str(out)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    bench = pyperf.Benchmark.load(str(out))
+    md = bench.get_metadata()
+    family = script.removesuffix(".py")
+    assert bench.get_name().startswith(f"{family}/")
+    assert md["param.workload"] == family and md["param.guest_size"] == 8 << 20
+    assert md["pinbench.schema"] == 1
+    # the run's events were recorded by the workers, identical in every run
+    assert md["events.teardown.pinned_pages_end"] == 0
+    assert md["events.teardown.leaked_refs"] == 0
+    assert md["model.total_ns"] > 0
+    assert bench.get_nvalue() == 1 and bench.median() > 0
+
+
+def test_worker_receives_the_managers_options(tmp_path):
+    """add_cmdline_args forwards pinbench's options: the worker's metadata shows them."""
+    import pyperf
+
+    out = tmp_path / "out.json"
+    argv = [*SMOKE_ARGS["fault_storm.py"], "--seed", "5", "--touch-fraction", "0.5"]
+    subprocess.run([sys.executable, str(BENCH / "fault_storm.py"), *argv, "-o", str(out)],
+                   capture_output=True, text=True, check=True)
+    md = pyperf.Benchmark.load(str(out)).get_metadata()
+    assert md["param.seed"] == 5 and md["param.vcpus"] == 4
+    assert md["param.pattern"] == "zipf" and md["param.touch_fraction"] == 0.5
+    # zipf draws with repetition: half the units' worth of accesses, fewer faults
+    assert md["vcpu.access.accesses"] == 1024
+    assert 0 < md["vcpu.access.faults"] < 1024
+
+
+def test_bad_option_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "startup.py"), *TINY, "--level", "3m",
+                           "-o", str(tmp_path / "o.json")], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "startup: error: level '3m' is not one of 4k, 2m, 1g"
+    assert not (tmp_path / "o.json").exists()

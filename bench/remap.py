@@ -1,0 +1,13 @@
+#!/usr/bin/env python3
+"""pyperf benchmark. Remap: the VMM remaps a fraction of guest memory in the middle of a run and
+the guest touches it again (demand re-pins; upfront keeps stale pins).
+
+Example: python bench/remap.py --strategy demand --guest-size 4GiB --level 4k -o out.json
+Options: pinbench's (--strategy, --guest-size, --level, --vcpus, --pattern, --layout,
+--touch-fraction, --seed, --backing, --remap-fraction, --cost-profile) and pyperf's own.
+"""
+
+from pinning.benchmarks import main
+
+if __name__ == "__main__":
+    main("remap")

@@ -1,0 +1,13 @@
+#!/usr/bin/env python3
+"""pyperf benchmark. Startup: register the region and pin all of it (upfront), or allocate the
+memslot's pinned bitmap and pfn array (demand).
+
+Example: python bench/startup.py --strategy demand --guest-size 4GiB --level 4k -o out.json
+Options: pinbench's (--strategy, --guest-size, --level, --vcpus, --pattern, --layout,
+--touch-fraction, --seed, --backing, --remap-fraction, --cost-profile) and pyperf's own.
+"""
+
+from pinning.benchmarks import main
+
+if __name__ == "__main__":
+    main("startup")

@@ -1,0 +1,97 @@
+"""Suites: TOML parsing, expansion, names, and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from pinning.levels import InputError
+from pinning.suite import BenchConfig, builtin_suites, load_suite, parse_suite
+
+GiB = 1 << 30
+
+
+def test_builtin_suites_parse_and_quick_covers_what_it_promises():
+    assert {"quick", "full"} <= set(builtin_suites())
+    quick = load_suite("quick")
+    b = quick.benchmarks
+    assert {c.workload for c in b} == {"startup", "fault_storm", "remap", "teardown",
+                                      "lifecycle"}
+    assert {c.strategy for c in b} == {"upfront", "demand"}
+    assert len({c.guest_size for c in b if c.workload == "startup"}) >= 3
+    assert {"4k", "2m"} <= {c.level for c in b}
+    assert {1, 4} <= {c.vcpus for c in b}
+    full = load_suite("full")
+    sizes = {c.guest_size for c in full.benchmarks}
+    assert min(sizes) == GiB and max(sizes) == 1024 * GiB
+    assert {"4k", "2m", "1g"} <= {c.level for c in full.benchmarks}
+    assert {1, 64} <= {c.vcpus for c in full.benchmarks}
+    assert {"sequential", "random", "hotset", "zipf", "strided"} <= {
+        c.pattern for c in full.benchmarks}
+
+
+def test_lists_expand_to_the_cartesian_product_with_stable_names():
+    suite = parse_suite("""
+[suite]
+processes = 1
+[[benchmark]]
+workload = "fault_storm"
+strategy = ["upfront", "demand"]
+guest_size = "64GiB"
+vcpus = [1, 4]
+pattern = "random"
+""", "t.toml")
+    assert [c.name for c in suite.benchmarks] == [
+        "fault_storm/upfront/64GiB/4k/1vcpu/random",
+        "fault_storm/upfront/64GiB/4k/4vcpu/random",
+        "fault_storm/demand/64GiB/4k/1vcpu/random",
+        "fault_storm/demand/64GiB/4k/4vcpu/random",
+    ]
+    assert suite.processes == 1 and suite.name == "t"
+
+
+def test_startup_name_and_argv_round_trip():
+    c = BenchConfig("startup", "demand", 64 * GiB)
+    assert c.name == "startup/demand/64GiB/4k"
+    argv = c.to_argv()
+    assert argv[argv.index("--guest-size") + 1] == str(64 * GiB)
+    assert "--workload" not in argv
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[suite]\nspeed = 1\n", "t.toml: [suite] unknown key 'speed' (allowed: cost_profile"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\ncolour=1\n",
+         "t.toml: [[benchmark]] #1: unknown key 'colour' (allowed: backing, guest_size"),
+        ("[[benchmark]]\nworkload='boot'\nstrategy='demand'\nguest_size='1GiB'\n",
+         "workload 'boot' is not one of startup, fault_storm, remap, teardown, lifecycle"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='lazy'\nguest_size='1GiB'\n",
+         "strategy 'lazy' is not one of upfront, demand"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\nlevel='3m'\n",
+         "level '3m' is not one of 4k, 2m, 1g"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\nvcpus=65\n",
+         "vcpus 65 must lie between 1 and 64"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\n"
+         "vcpus='four'\n", "vcpus must be an integer, got 'four'"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GB'\n",
+         "is not a size"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\n", "missing key 'guest_size'"),
+        ("[suite]\nname='x'\n", "t.toml: the suite has no benchmark"),
+        ("[suite\n", "t.toml: not valid TOML"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\n"
+         "[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\n",
+         "listed twice"),
+        ("[[benchmark]]\nworkload='fault_storm'\nstrategy='demand'\nguest_size='1GiB'\n"
+         "pattern='spiral'\n", "pattern 'spiral' is not one of sequential, random"),
+    ],
+)
+def test_bad_suite_names_file_key_and_allowed_values(text, needle):
+    with pytest.raises(InputError) as err:
+        parse_suite(text, "t.toml")
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_suite_name_or_missing_file():
+    with pytest.raises(InputError, match="neither a builtin suite"):
+        load_suite("nonexistent-suite")
