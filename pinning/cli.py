@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -139,6 +140,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     wall = time.monotonic() - start
     print(f"{len(report.done)} benchmarks ran, {len(report.skipped)} skipped, "
           f"{len(report.failed)} failed in {wall:.0f} s")
+    over, share = report.overhead()
+    if report.done:
+        print(f"harness overhead (process start, imports, numba cache load): {over:.0f} s, "
+              f"{share:.0%} of the benchmarks' wall time, "
+              f"{over / len(report.wall_s):.2f} s per benchmark")
     for name, why in report.skipped:
         print(f"skipped {name}: {why}")
     for name, why in report.failed:
@@ -215,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pinbench {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # e.g. `pinbench list | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

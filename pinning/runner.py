@@ -14,7 +14,10 @@ from pathlib import Path
 from pinning.levels import InputError, format_size
 from pinning.suite import BenchConfig, Suite
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+# The bench scripts of a checkout; PINBENCH_BENCH_DIR points elsewhere (e.g. a
+# directory of scripts of your own with the same names and options).
+BENCH_DIR = Path(os.environ.get("PINBENCH_BENCH_DIR")
+                 or Path(__file__).resolve().parents[1] / "bench")
 
 
 @dataclass
@@ -25,7 +28,19 @@ class RunReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     wall_s: dict[str, float] = field(default_factory=dict)
+    work_s: dict[str, float] = field(default_factory=dict)
     output: Path | None = None
+
+    def overhead(self) -> tuple[float, float]:
+        """(seconds, share of the wall time) the harness spent outside benchmark work.
+
+        Work is what pyperf's workers report as each run's duration (the timed
+        lifecycles with their untimed setup); the rest of each benchmark's
+        wall time is interpreter start, imports, numba cache load and pyperf.
+        """
+        wall = sum(self.wall_s.values())
+        over = wall - sum(self.work_s.values())
+        return over, (over / wall if wall else 0.0)
 
 
 class Progress:
@@ -72,7 +87,7 @@ def worker_command(config: BenchConfig, suite: Suite, out: Path,
            "--suite", suite.name, "-o", str(out), "--quiet",
            "--processes", str(suite.processes), "--values", str(suite.values),
            "--warmups", str(suite.warmups), "--loops", "1",
-           "--inherit-environ", "NUMBA_CACHE_DIR,NUMBA_DISABLE_JIT,NUMBA_NUM_THREADS"]
+           "--inherit-environ", "NUMBA_CACHE_DIR,NUMBA_DISABLE_JIT,NUMBA_NUM_THREADS,CI"]
     profile = cost_profile or suite.cost_profile
     if profile:
         cmd += ["--cost-profile", str(profile)]
@@ -122,6 +137,8 @@ def run_suite(suite: Suite, output: Path, *, force: bool = False,
                 if ok:
                     benches.append(pyperf.Benchmark.load(str(out)))
                     report.done.append(name)
+                    report.work_s[name] = sum(r.get_metadata().get("duration", 0.0)
+                                              for r in benches[-1].get_runs())
                     progress.end(i, name, f"{benches[-1].median() * 1e3:.3f} ms median "
                                           f"(measured), {report.wall_s[name]:.1f} s wall")
                 else:
