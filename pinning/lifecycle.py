@@ -23,6 +23,15 @@ MEASURED_PHASES = {
     "teardown": ("teardown",),
     "lifecycle": ("startup", "access", "teardown"),
 }
+#: Phases each family runs at all: a phase nobody measures or needs before a
+#: measured one is skipped (a 1 TiB startup benchmark needs no fault storm).
+RUN_PHASES = {
+    "startup": ("startup",),
+    "fault_storm": ("startup", "access"),
+    "remap": ("startup", "access", "remap"),
+    "teardown": ("startup", "access", "teardown"),
+    "lifecycle": ("startup", "access", "teardown"),
+}
 
 
 @dataclass
@@ -42,6 +51,8 @@ class LifecycleResult:
 
 def build_workload(config: BenchConfig) -> Workload:
     """The guest's accesses (and, for the remap family, the VMM's remap) of a configuration."""
+    if "access" not in RUN_PHASES[config.workload]:
+        return Workload((), config.vcpus, "no guest accesses")
     return make_workload(
         config.pattern, config.guest_pages, config.level, vcpus=config.vcpus,
         layout=config.layout, touch_fraction=config.touch_fraction, seed=config.seed,
@@ -52,6 +63,8 @@ def config_bytes(config: BenchConfig) -> int:
     """Memory one lifecycle of this configuration needs (checked before running it)."""
     frac = config.remap_fraction if config.workload == "remap" else 0.0
     remapped = int(config.guest_pages * frac) + unit_pages(config.level)
+    if "access" not in RUN_PHASES[config.workload]:
+        return memory_needed(config.strategy, config.guest_pages, config.level, 0, 0)
     wl = workload_bytes(config.pattern, config.guest_pages, config.level, vcpus=config.vcpus,
                         layout=config.layout, touch_fraction=config.touch_fraction,
                         seed=config.seed, remap_fraction=frac)
@@ -65,7 +78,10 @@ def _one(op: int, gfn: int = 0, npages: int = 0) -> tuple:
 
 def run_lifecycle(config: BenchConfig, profile: CostProfile,
                   workload: Workload | None = None) -> LifecycleResult:
-    """Run startup, the workload and teardown on a fresh state; time and count each phase."""
+    """Run startup, the workload and teardown on a fresh state; time and count each phase.
+
+    Only the phases the configuration's family needs run (``RUN_PHASES``).
+    """
     if workload is None:
         workload = build_workload(config)
     code = strategy_code(config.strategy)
@@ -97,21 +113,24 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile,
     if status != K.OK:
         res.error = "startup failed"
         return res
+    wanted = RUN_PHASES[config.workload]
     steps = workload.steps
-    if config.workload == "remap":
+    if "remap" in wanted:
         # The first pass maps the guest; the measured part is the remap and the re-faults.
         first, rest = steps[:1], steps[1:]
         phase("access", lambda: run_workload(state, config.strategy, config.level, K.NO_LIMIT,
                                              Workload(first, workload.nvcpus), profile))
         phase("remap", lambda: run_workload(state, config.strategy, config.level, K.NO_LIMIT,
                                             Workload(rest, workload.nvcpus), profile))
-    else:
+    elif "access" in wanted:
         phase("access", lambda: run_workload(state, config.strategy, config.level, K.NO_LIMIT,
                                              workload, profile))
-    phase("teardown", lambda: K.run(state, code, upages, K.NO_LIMIT, *_one(K.OP_TEARDOWN))[0])
-    K.finish(state)
-    res.events["teardown"]["pinned_pages_end"] = int(counters[K.PINNED_PAGES_END])
-    res.events["teardown"]["leaked_refs"] = int(counters[K.LEAKED_REFS])
+    if "teardown" in wanted:
+        phase("teardown", lambda: K.run(state, code, upages, K.NO_LIMIT,
+                                        *_one(K.OP_TEARDOWN))[0])
+        K.finish(state)
+        res.events["teardown"]["pinned_pages_end"] = int(counters[K.PINNED_PAGES_END])
+        res.events["teardown"]["leaked_refs"] = int(counters[K.LEAKED_REFS])
     return res
 
 

@@ -35,8 +35,9 @@ class RunReport:
         """(seconds, share of the wall time) the harness spent outside benchmark work.
 
         Work is what pyperf's workers report as each run's duration (the timed
-        lifecycles with their untimed setup); the rest of each benchmark's
-        wall time is interpreter start, imports, numba cache load and pyperf.
+        lifecycles with their untimed setup) plus the worker's untimed lifecycle
+        that records the events; the rest of each benchmark's wall time is
+        interpreter start, imports, numba cache load and pyperf.
         """
         wall = sum(self.wall_s.values())
         over = wall - sum(self.work_s.values())
@@ -137,8 +138,10 @@ def run_suite(suite: Suite, output: Path, *, force: bool = False,
                 if ok:
                     benches.append(pyperf.Benchmark.load(str(out)))
                     report.done.append(name)
-                    report.work_s[name] = sum(r.get_metadata().get("duration", 0.0)
-                                              for r in benches[-1].get_runs())
+                    report.work_s[name] = sum(
+                        r.get_metadata().get("duration", 0.0)
+                        + r.get_metadata().get("pinbench.events_run_s", 0.0)
+                        for r in benches[-1].get_runs())
                     progress.end(i, name, f"{benches[-1].median() * 1e3:.3f} ms median "
                                           f"(measured), {report.wall_s[name]:.1f} s wall")
                 else:

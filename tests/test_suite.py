@@ -18,6 +18,7 @@ def test_builtin_suites_parse_and_quick_covers_what_it_promises():
                                       "lifecycle"}
     assert {c.strategy for c in b} == {"upfront", "demand"}
     assert len({c.guest_size for c in b if c.workload == "startup"}) >= 3
+    assert len({c.guest_size for c in b if c.workload == "lifecycle"}) >= 3
     assert {"4k", "2m"} <= {c.level for c in b}
     assert {1, 4} <= {c.vcpus for c in b}
     full = load_suite("full")
