@@ -167,10 +167,17 @@ def plot_startup_scaling(df: pd.DataFrame, values_df: pd.DataFrame | None = None
 
 @_styled
 def plot_faults_vs_vcpus(df: pd.DataFrame) -> Figure:
-    """Modelled faults/s vs vCPUs per strategy (fault_storm; one line per size/level/pattern)."""
+    """Modelled faults/s vs vCPUs per strategy (fault_storm; one line per size/level/pattern).
+
+    Only series run at 2+ vCPU counts are drawn when there are any (on the full suite
+    the other patterns run at one vCPU count: see the latency table).
+    """
     fam = _rows(df, "fault_storm", ["vcpus", "vcpu_access_faults_per_s"], "faults vs vCPUs")
     fig, (ax,) = _figure()
     keys = ["strategy", "guest_gib", "level", "pattern", "layout"]
+    n_vcpus = fam.groupby(keys)["vcpus"].transform("nunique")
+    if (n_vcpus > 1).any():
+        fam = fam[n_vcpus > 1]
     for (strategy, gib, level, pattern, layout), sub in fam.groupby(keys, sort=True):
         s = sub.groupby("vcpus")["vcpu_access_faults_per_s"].median().sort_index()
         shared = "" if layout == "slices" else " shared"
@@ -188,37 +195,66 @@ def plot_faults_vs_vcpus(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def _panel_keys(fam: pd.DataFrame) -> list[tuple[float, str]]:
+def _panels(fam: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One panel per guest size and level, showing the pattern/layout with most vCPU counts.
+
+    Keeps the panels readable on the full suite (its other patterns run at one vCPU
+    count; the latency table lists them all). The panel title names what is shown.
+    """
     rank = {lv: i for i, lv in enumerate(LEVEL_LINES)}
     keys = {(float(g), str(lv)) for g, lv in zip(fam["guest_gib"], fam["level"], strict=True)}
-    return sorted(keys, key=lambda k: (k[0], rank.get(k[1], len(rank)), k[1]))
+    out = []
+    for gib, level in sorted(keys, key=lambda k: (k[0], rank.get(k[1], len(rank)), k[1])):
+        sub = fam[(fam["guest_gib"] == gib) & (fam["level"] == level)]
+        counts = sub.groupby(["pattern", "layout"])["vcpus"].nunique()
+        pattern, layout = counts.sort_values(ascending=False, kind="stable").index[0]
+        sub = sub[(sub["pattern"] == pattern) & (sub["layout"] == layout)]
+        shared = "" if layout == "slices" else ", shared"
+        out.append((f"{gib:g}GiB {level}, {pattern}{shared}", sub))
+    return out
+
+
+def _grid(n: int, width: float = 4.4, height: float = 3.4, ncols_max: int = 3
+          ) -> tuple[Figure, list[Axes]]:
+    ncols = min(n, ncols_max)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    return fig, axes[:n]
+
+
+def _vcpu_styles(fam: pd.DataFrame) -> dict[Any, dict[str, Any]]:
+    """Line style and width per vCPU count (more vCPUs: thicker)."""
+    vs = sorted(fam["vcpus"].unique())
+    return {v: {"ls": VCPU_LINES[i % len(VCPU_LINES)], "lw": 1.0 + 0.3 * i}
+            for i, v in enumerate(vs)}
 
 
 @_styled
 def plot_latency_cdf(df: pd.DataFrame, phase: str = "access") -> Figure:
     """Modelled per-fault latency CDF from the quantiles, per strategy and vCPU count.
 
-    One panel per guest size and level; line style by vCPU count.
+    One panel per guest size and level (the pattern with most vCPU counts, see
+    ``_panels``); colour by strategy, line style by vCPU count; p50 and p99 dotted.
     """
     col = f"vcpu_{phase}_latency_quantiles_ns"
     fam = _rows(df, "fault_storm", [col], "latency CDF")
-    panels = _panel_keys(fam)
-    fig, axes = _figure(len(panels), width=4.4)
+    panels = _panels(fam)
+    fig, axes = _grid(len(panels))
     q = np.linspace(0.0, 1.0, 101)
-    vcpu_ls = {v: VCPU_LINES[i % len(VCPU_LINES)] for i, v in enumerate(sorted(fam["vcpus"]
-                                                                                 .unique()))}
-    for ax, (gib, level) in zip(axes, panels, strict=True):
-        sub = fam[(fam["guest_gib"] == gib) & (fam["level"] == level)]
+    style = _vcpu_styles(fam)
+    for ax, (title, sub) in zip(axes, panels, strict=True):
         for _, row in sub.sort_values(["strategy", "vcpus"]).iterrows():
             ax.plot(latency_quantiles(row, phase), q, color=_color(row["strategy"]),
-                    ls=vcpu_ls[row["vcpus"]],
-                    label=f"{row['strategy']} {row['vcpus']} vCPU {row['pattern']}")
+                    **style[row["vcpus"]], label=f"{row['strategy']} {row['vcpus']} vCPU")
         for level_q in (0.5, 0.99):
             ax.axhline(level_q, color="grey", lw=0.6, ls=":")
         ax.set_xscale("log")
         ax.set_xlabel("per-fault latency (ns, modelled)")
         ax.set_ylabel("fraction of faults")
-        ax.set_title(f"fault latency CDF, {gib:g}GiB {level} (modelled)")
+        ax.set_title(f"fault latency CDF, {title} (modelled)")
         ax.legend(loc="lower right")
     return fig
 
@@ -226,24 +262,25 @@ def plot_latency_cdf(df: pd.DataFrame, phase: str = "access") -> Figure:
 @_styled
 def plot_pinned_over_time(df: pd.DataFrame, family: str = "fault_storm",
                           phase: str = "access") -> Figure:
-    """Pinned memory (GiB) over modelled time of a phase, from the vCPU model's timelines."""
+    """Pinned memory (GiB) over modelled time of a phase, from the vCPU model's timelines.
+
+    Panels as in plot_latency_cdf.
+    """
     col = f"vcpu_{phase}_timeline"
     fam = _rows(df, family, [col], "pinned memory over time")
-    panels = _panel_keys(fam)
-    fig, axes = _figure(len(panels), width=4.4)
-    vcpu_ls = {v: VCPU_LINES[i % len(VCPU_LINES)] for i, v in enumerate(sorted(fam["vcpus"]
-                                                                                 .unique()))}
-    for ax, (gib, level) in zip(axes, panels, strict=True):
-        sub = fam[(fam["guest_gib"] == gib) & (fam["level"] == level)]
+    panels = _panels(fam)
+    fig, axes = _grid(len(panels))
+    style = _vcpu_styles(fam)
+    for ax, (title, sub) in zip(axes, panels, strict=True):
         for _, row in sub.sort_values(["strategy", "vcpus"]).iterrows():
             tl = timeline(row, phase)
             ax.step(tl["time_ns"] / 1e9, tl["pinned_pages"] * 4096 / 2**30, where="post",
-                    color=_color(row["strategy"]), ls=vcpu_ls[row["vcpus"]],
-                    label=f"{row['strategy']} {row['vcpus']} vCPU {row['pattern']}")
+                    color=_color(row["strategy"]), **style[row["vcpus"]],
+                    label=f"{row['strategy']} {row['vcpus']} vCPU")
         ax.set_xlabel(f"modelled time into the {phase} phase (s)")
         ax.set_ylabel("pinned memory (GiB, modelled)")
         ax.set_ylim(bottom=0)
-        ax.set_title(f"pinned memory, {family} {gib:g}GiB {level} (modelled)")
+        ax.set_title(f"pinned memory, {family} {title} (modelled)")
         ax.legend(loc="lower right")
     return fig
 
@@ -282,28 +319,30 @@ def plot_metadata_bytes(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def _category(row: pd.Series) -> str:
-    label = f"{row['guest_gib']:g}GiB {row['level']}"
-    if row["touch_fraction"] != 1.0:
-        label += f"\ntouch {row['touch_fraction'] * 100:g}%"
-    return label
-
-
 @_styled
 def plot_lifecycle_bars(df: pd.DataFrame) -> Figure:
     """Lifecycle cost per strategy and size: measured total beside the modelled phase split.
 
     Left: measured median (IQR error bars): only the total is measured per benchmark.
     Right: modelled startup / faults / teardown stacked. Separate panels because the
-    two are on different scales (model bookkeeping vs modelled kernel time).
+    two are on different scales (model bookkeeping vs modelled kernel time). Only the
+    benchmarks that touch all memory (touch fraction 1; the break-even plot covers the
+    rest); bars are labelled by size, and by level, vCPUs and pattern where they vary.
     """
     phases = ["startup", "access", "teardown"]
     cols = ["median_s", "guest_gib", "touch_fraction"] + [f"model_{p}_ns" for p in phases]
     fam = _rows(df, "lifecycle", cols, "lifecycle bars")
-    fam = fam.assign(_cat=fam.apply(_category, axis=1))
-    order = (fam.sort_values(["guest_gib", "touch_fraction", "level"])["_cat"]
-             .drop_duplicates().tolist())
-    fig, (ax_m, ax_p) = _figure(2, width=max(4.5, 0.9 * len(order) + 1.5))
+    fam = fam[fam["touch_fraction"] == fam["touch_fraction"].max()]
+    varying = [k for k in ("level", "vcpus", "pattern") if fam[k].nunique() > 1]
+
+    def category(row: pd.Series) -> str:
+        parts = [f"{row['guest_gib']:g}GiB"]
+        parts += [f"{row[k]}vCPU" if k == "vcpus" else str(row[k]) for k in varying]
+        return "\n".join(parts)
+
+    fam = fam.assign(_cat=fam.apply(category, axis=1))
+    order = (fam.sort_values(["guest_gib", *varying])["_cat"].drop_duplicates().tolist())
+    fig, (ax_m, ax_p) = _figure(2, width=min(8.0, max(4.5, 0.9 * len(order) + 1.5)))
     xs = np.arange(len(order))
     width = 0.38
     for i, strategy in enumerate(("upfront", "demand")):
@@ -324,8 +363,8 @@ def plot_lifecycle_bars(df: pd.DataFrame) -> Figure:
         ax.set_xticks(xs, order)
         ax.grid(axis="x", visible=False)
     handles = [Patch(color=_color(s), label=s) for s in ("upfront", "demand")]
-    handles += [Patch(facecolor="lightgrey", hatch=PHASE_HATCH[p], edgecolor="white",
-                                  label=PHASE_LABEL[p]) for p in phases]
+    handles += [Patch(facecolor="white", hatch=PHASE_HATCH[p], edgecolor="dimgrey",
+                      label=PHASE_LABEL[p]) for p in phases]
     ax_m.legend()
     ax_p.legend(handles=handles)
     ax_m.set_ylabel("measured lifecycle time (s)")

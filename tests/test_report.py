@@ -71,11 +71,28 @@ def test_plots_from_sample(sample: pd.DataFrame, fn, n_axes: int, n_lines: list[
     assert "modelled" in labels or "measured" in labels
 
 
+def test_panels_stay_readable_with_many_series(sample: pd.DataFrame) -> None:
+    """Full-suite shape: a vCPU sweep of one pattern, other patterns at one vCPU count."""
+    storm = sample[sample["family"] == "fault_storm"]
+    more = [storm.assign(vcpus=storm["vcpus"] * 8),
+            storm[storm["vcpus"] == 4].assign(pattern="zipf"),
+            storm[storm["vcpus"] == 4].assign(pattern="hotset", layout="shared")]
+    df = pd.concat([sample, *more], ignore_index=True)
+    fig = plots.plot_faults_vs_vcpus(df)
+    assert len(fig.axes[0].lines) == 4  # the random vCPU sweeps only
+    assert all("random" in t for t in legend_texts(fig))
+    fig = plots.plot_latency_cdf(df)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "fault latency CDF, 8GiB 4k, random (modelled)",
+        "fault latency CDF, 8GiB 2m, random (modelled)"]
+    assert [len(ax.lines) for ax in fig.axes] == [8 + 2, 8 + 2]
+
+
 def test_lifecycle_bars_measured_beside_modelled(sample: pd.DataFrame) -> None:
     fig = plots.plot_lifecycle_bars(sample)
     measured, modelled = fig.axes
     assert "measured" in measured.get_title() and "modelled" in modelled.get_title()
-    n_cats = 6  # 2, 8, 32 GiB and 8 GiB at 5, 25, 50 % touched
+    n_cats = 3  # 2, 8, 32 GiB with all memory touched (the touch sweep: break-even plot)
     assert len(measured.patches) == 2 * n_cats
     assert len(modelled.patches) == 2 * n_cats * 3  # startup / faults / teardown stacked
     assert {"startup", "faults", "teardown"} <= set(legend_texts(fig))
