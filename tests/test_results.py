@@ -120,6 +120,18 @@ def test_values_long_format() -> None:
         "startup/upfront/4GiB/4k").get_values())
 
 
+def test_warmups_flagged(tmp_path: Path) -> None:
+    run = pyperf.Run([0.2, 0.4], warmups=[(2, 1.0)], collect_metadata=False,
+                     metadata={"name": "startup/upfront/4GiB/4k", **pinbench_metadata()})
+    path = tmp_path / "w.json"
+    pyperf.BenchmarkSuite([pyperf.Benchmark([run])]).dump(str(path))
+    v = load_results(path, values=True, warmups=True)
+    assert v["is_warmup"].tolist() == [True, False, False]
+    assert v["value_s"].tolist() == pytest.approx([0.5, 0.2, 0.4])  # warmup: per loop
+    assert len(load_results(path, values=True)) == 2
+    assert load_results(path)["median_s"].iloc[0] == pytest.approx(0.3)
+
+
 def test_two_files_keep_both(tmp_path: Path) -> None:
     a = write_suite(tmp_path / "a.json", [("startup/upfront/4GiB/4k", [0.1, 0.2],
                                            pinbench_metadata())])
