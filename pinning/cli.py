@@ -98,11 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cost profile TOML for the modelled times (default: builtin)")
     run.set_defaults(func=cmd_run)
 
+    rep = sub.add_parser(
+        "report", help="tables and plots from results files: report.md, report.html, PNGs, CSV",
+        description="Write report.md, a self-contained report.html, the PNGs and summary.csv "
+        "from one or more pinbench results files, and print their paths.")
+    rep.add_argument("results", nargs="+", metavar="RESULT.json")
+    rep.add_argument("-o", "--output", default="report", metavar="DIR",
+                     help="directory to write into (default ./report)")
+    rep.set_defaults(func=cmd_report)
+
     lst = sub.add_parser("list", help="list the benchmarks of a suite",
                          description="List the benchmarks a suite would run.")
     lst.add_argument("--suite", default="quick", help="quick, full or a suite TOML file")
     lst.set_defaults(func=cmd_list)
     return parser
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``pinbench report``: write the report files and print their paths."""
+    from pinning.report import main as report_main
+
+    return report_main(args.results, args.output)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -150,7 +166,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, why in report.failed:
         print(f"FAILED {name}: {why}")
     if report.output:
+        from pinning.report import summary_table
+        from pinning.results import load_results
+
+        print()
+        print(summary_table(load_results(report.output)))
+        print()
         print(f"results: {report.output}")
+        print(f"report:  pinbench report {report.output} -o report/{suite.name}")
     return 1 if report.failed or not report.output else 0
 
 

@@ -63,6 +63,9 @@ def test_run_writes_one_pyperf_file_that_pyperf_reads(tiny, tmp_path):
     assert proc.stderr.count("[") >= 6 and "\r" not in proc.stderr
     assert "6 benchmarks ran, 0 skipped, 0 failed" in proc.stdout
     assert str(out) in proc.stdout
+    # ...and ends with both strategies side by side per family, and the report command.
+    assert "measured = median wall time" in proc.stdout
+    assert f"pinbench report {out}" in proc.stdout
     # pyperf's own tools accept the file unchanged.
     for cmd in (["stats"], ["dump"], ["compare_to", str(out)]):
         res = subprocess.run([sys.executable, "-m", "pyperf", *cmd, str(out)],
