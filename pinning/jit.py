@@ -16,7 +16,8 @@ F = TypeVar("F", bound=Callable)
 # function's own source file only, so a kernel in one module would keep
 # running the stale machine code of a changed kernel in another (numba issue
 # #1833). Keying the cache directory by all of them together avoids that.
-KERNEL_MODULES = ("jit.py", "kernels.py", "vcpu_kernels.py", "hostmem.py")
+KERNEL_MODULES = (
+    "jit.py", "kernels.py", "vcpu_kernels.py", "pattern_kernels.py", "hostmem.py")
 
 
 def _cache_dir() -> str:

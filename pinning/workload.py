@@ -11,7 +11,7 @@ import numba
 import numpy as np
 
 from pinning import kernels as K
-from pinning.jit import kernel, prefetch
+from pinning import pattern_kernels as PK
 from pinning.levels import InputError, unit_pages
 
 PATTERNS = ("sequential", "random")
@@ -210,7 +210,6 @@ def shuffled_units(n_units: int, seed: int) -> np.ndarray:
 # Below this size the array fits in cache and NumPy's own shuffle is as fast.
 _FAST_SHUFFLE_MIN = 1 << 20
 _RAW_CHUNK = 1 << 18  # 64-bit words drawn per round of the fast shuffle
-_PREFETCH_AHEAD = 32  # swaps between a prefetch and its use
 
 
 def _fast_shuffle(x: np.ndarray, seed: int, chunk: int = _RAW_CHUNK) -> None:
@@ -220,48 +219,9 @@ def _fast_shuffle(x: np.ndarray, seed: int, chunk: int = _RAW_CHUNK) -> None:
     js = np.empty(2 * chunk, dtype=np.int64)
     while i > 0:
         # NumPy's PCG64 next_uint32 hands out the low, then the high half of each word.
-        k = _swap_targets(bitgen.random_raw(chunk), i, js)
-        _swap_all(x, i, js, k)
+        k = PK.swap_targets(bitgen.random_raw(chunk), i, js)
+        PK.swap_all(x, i, js, k)
         i -= k
-
-
-@kernel
-def _swap_targets(raw, i, js):
-    """NumPy's random_interval(i), i, i-1, ... over 32-bit draws from ``raw``: the swap targets.
-
-    Stores them in ``js`` and returns how many (stops early when i reaches 0).
-    """
-    k = 0
-    low = np.uint64(0xFFFFFFFF)
-    for w in range(raw.shape[0]):
-        for half in range(2):
-            if i == 0:
-                return k
-            value = raw[w] & low if half == 0 else raw[w] >> np.uint64(32)
-            mask = np.uint64(i)
-            mask |= mask >> np.uint64(1)
-            mask |= mask >> np.uint64(2)
-            mask |= mask >> np.uint64(4)
-            mask |= mask >> np.uint64(8)
-            mask |= mask >> np.uint64(16)
-            value &= mask
-            if value <= np.uint64(i):  # else rejected: the next draw is tried for the same i
-                js[k] = value
-                k += 1
-                i -= 1
-    return k
-
-
-@kernel
-def _swap_all(x, i, js, k):
-    """Swap ``x[i - t]`` with ``x[js[t]]`` for t = 0 .. k-1, prefetching targets ahead."""
-    for t in range(k):
-        if t + _PREFETCH_AHEAD < k:
-            prefetch(x, js[t + _PREFETCH_AHEAD])
-        j = js[t]
-        tmp = x[i - t]
-        x[i - t] = x[j]
-        x[j] = tmp
 
 
 # --- Workloads of the suite: what V vCPUs and the VMM do after startup. -----------
@@ -447,27 +407,8 @@ def _ranks(cdf: np.ndarray, u: np.ndarray, guide: np.ndarray | None) -> np.ndarr
         np.minimum(ranks, cdf.shape[0] - 1, out=ranks)
     else:
         ranks = np.empty(u.shape[0], dtype=np.int64)
-        _guided_search(cdf, guide, cdf[-1] / guide.shape[0], u, ranks)
+        PK.guided_search(cdf, guide, cdf[-1] / guide.shape[0], u, ranks)
     return ranks
-
-
-@kernel
-def _guided_search(cdf, guide, width, u, ranks):
-    """``min(searchsorted(cdf, u, 'right'), n - 1)``, starting each search at its bucket's guide."""
-    n = cdf.shape[0]
-    nb = guide.shape[0]
-    m = u.shape[0]
-    for k in range(m):
-        if k + _PREFETCH_AHEAD < m:
-            prefetch(guide, min(int(u[k + _PREFETCH_AHEAD] / width), nb - 1))
-        x = u[k]
-        b = min(int(x / width), nb - 1)
-        j = guide[b]
-        while j > 0 and cdf[j - 1] > x:
-            j -= 1
-        while j < n - 1 and cdf[j] <= x:
-            j += 1
-        ranks[k] = j
 
 
 def _describe(pattern: str, vcpus: int, layout: str, touch_fraction: float,
