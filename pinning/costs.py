@@ -31,6 +31,7 @@ COST_KEYS: tuple[str, ...] = (
     "wbinvd_ns",
     "lock_hold_ns",
     "guest_touch_ns",
+    "zero_metadata_ns",
 )
 
 #: Counters that cost time -> the cost key that prices one of them.
@@ -42,10 +43,11 @@ EVENT_COST: dict[str, str] = {
     "clflush_bytes": "clflush_page_ns",
     "page_flushes": "page_flush_ns",
     "wbinvd": "wbinvd_ns",
+    "metadata_bytes": "zero_metadata_ns",
 }
 
 #: Counters counted in a smaller unit than their cost key prices (bytes vs pages).
-EVENT_UNIT: dict[str, int] = {"clflush_bytes": PAGE_SIZE}
+EVENT_UNIT: dict[str, int] = {"clflush_bytes": PAGE_SIZE, "metadata_bytes": PAGE_SIZE}
 
 PROFILE_KEYS = ("name", "description", "machine")
 _REQUIRED_PROFILE_KEYS = ("name", "description")

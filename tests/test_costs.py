@@ -28,6 +28,7 @@ page_flush_ns = 250.0
 wbinvd_ns = 1e6
 lock_hold_ns = 100.0
 guest_touch_ns = 15.0
+zero_metadata_ns = 500.0
 
 [profile]
 name = "test"
@@ -87,10 +88,10 @@ def test_modelled_ns_by_hand(tmp_path):
         "clflush_bytes": 3 * 4096,
         "page_flushes": 1,
         "wbinvd": 2,
-        "metadata_bytes": 10**9,  # costs no time
-        "pinned_pages_peak": 77,
+        "metadata_bytes": 8 * 4096,  # zeroed at allocation: 8 pages' worth
+        "pinned_pages_peak": 77,  # a peak, not an event: costs no time
     }
-    want = 3 * 1000 + 4 * 300 + 5 * 62 + 2 * 15 + 3 * 200 + 1 * 250 + 2 * 1e6
+    want = 3 * 1000 + 4 * 300 + 5 * 62 + 2 * 15 + 3 * 200 + 1 * 250 + 2 * 1e6 + 8 * 500
     assert modelled_ns(counters, p) == pytest.approx(want, rel=1e-12)
     assert modelled_ns({}, p) == 0.0
 

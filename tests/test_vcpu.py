@@ -25,6 +25,7 @@ COSTS = {
     "wbinvd_ns": 1_000_000.0,
     "lock_hold_ns": 32.0,
     "guest_touch_ns": 8.0,
+    "zero_metadata_ns": 4096.0,  # not part of the vCPU model (startup only)
 }
 
 
