@@ -72,6 +72,7 @@ def test_event_cost_covers_the_timed_counters():
         "clflush_bytes": "clflush_page_ns",
         "page_flushes": "page_flush_ns",
         "wbinvd": "wbinvd_ns",
+        "metadata_bytes": "zero_metadata_ns",
     }
     assert set(EVENT_COST.values()) <= set(COST_KEYS)
 
