@@ -90,6 +90,7 @@ def run_phase(state, strategy, unit_pages, memlock_pages, units, bounds, prices,
     """
     counters = state[0]
     scal = state[1]
+    nested = state[6]
     nv = bounds.shape[0] - 1
     for v in range(nv):
         pos[v] = bounds[v]
@@ -131,6 +132,11 @@ def run_phase(state, strategy, unit_pages, memlock_pages, units, bounds, prices,
             break
         gfns1[0] = pos[v]
         pos[v] += 1
+        if nested[units[gfns1[0]]] != 0:
+            # A mapped unit: the engine would change nothing, so skip the call.
+            accesses += 1
+            clocks[v] = t + touch_ns
+            continue
 
         npf0 = counters[K.NPF_EXITS]
         zeroed0 = counters[K.FRAMES_ZEROED]
