@@ -168,3 +168,35 @@ def test_list_names_every_benchmark(tiny):
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("suite tiny") and "6 benchmarks" in lines[0]
     assert lines[1].split()[0] == "startup/upfront/8MiB/4k"
+
+
+def test_bad_cost_profile_is_refused_before_running(tiny, tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text("pin_ns = -1\n")
+    out = tmp_path / "r.json"
+    proc = pinbench("run", "--suite", str(tiny), "-o", str(out), "--cost-profile", str(bad))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and str(bad) in proc.stderr
+    assert not out.exists()
+
+
+def test_progress_is_a_live_line_on_a_terminal_and_plain_lines_elsewhere():
+    import io
+
+    from pinning.runner import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        p = Progress(2, stream)
+        p.begin(1, "a/b")
+        p.end(1, "a/b", "ok")
+        p.begin(2, "c/d")
+        p.end(2, "c/d", "ok")
+    assert "\r\033[K[1/2] a/b" in tty.getvalue() and "ETA" in tty.getvalue()
+    assert "\r" not in pipe.getvalue()
+    assert pipe.getvalue().splitlines()[0].startswith("[1/2] a/b: ok")
+    assert len(pipe.getvalue().splitlines()) == 2
