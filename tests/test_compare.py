@@ -1,0 +1,372 @@
+"""pinning.compare: verdicts that hold up statistically, exact modelled diffs, clear refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyperf
+import pytest
+
+from pinning.compare import Comparison, compare_files, main, parse_threshold
+from pinning.levels import InputError
+from pinning.results import load_results
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "tests" / "data" / "quick-sample.json"
+REFERENCE = ROOT / "results" / "quick-reference.json"
+NAME = "startup/upfront/4GiB/4k"
+
+
+def metadata(name: str = NAME, **extra: object) -> dict[str, object]:
+    """Metadata shaped like a real startup benchmark's."""
+    pages = 4 * 2**18
+    md: dict[str, object] = {
+        "name": name, "unit": "second", "date": "2026-01-01 00:00:00",
+        "pinbench.schema": 1, "pinbench.suite": "quick", "pinbench.family": "startup",
+        "pinbench.version": "0.1.0", "cost.profile": "default", "hostname": "testhost",
+        "param.workload": "startup", "param.strategy": "upfront",
+        "param.guest_size": 4 * 2**30, "param.level": "4k", "measured.phases": "startup",
+        "events.startup.pins": pages, "events.startup.npf_exits": 0,
+        "events.startup.metadata_bytes": 8 * pages,
+        "model.startup_ns": 662.0 * pages, "model.total_ns": 662.0 * pages,
+        "model.measured_ns": 662.0 * pages,
+    }
+    md.update(extra)
+    return md
+
+
+def draw(seed: int, runs: int, per_run: int, scale: float = 1e-3, sigma: float = 0.05
+         ) -> list[list[float]]:
+    """``runs`` x ``per_run`` right-skewed timings (lognormal around ``scale`` seconds)."""
+    rng = np.random.default_rng(seed)
+    return [list(scale * rng.lognormal(0.0, sigma, per_run)) for _ in range(runs)]
+
+
+def write(path: Path, benches: list[tuple[str, list[list[float]], dict[str, object]]],
+          warmup: float | None = None) -> Path:
+    """A pyperf results file: per benchmark its name, values per run and metadata."""
+    suite = None
+    for name, runs, md in benches:
+        bench = pyperf.Benchmark([
+            pyperf.Run(values, warmups=[(1, warmup)] if warmup else None,
+                       metadata={**md, "name": name}, collect_metadata=False)
+            for values in runs])
+        if suite is None:
+            suite = pyperf.BenchmarkSuite([bench])
+        else:
+            suite.add_benchmark(bench)
+    assert suite is not None
+    suite.dump(str(path), replace=True)
+    return path
+
+
+def pair(tmp_path: Path, base_runs: list[list[float]], head_runs: list[list[float]],
+         base_md: dict[str, object] | None = None, head_md: dict[str, object] | None = None
+         ) -> tuple[Path, Path]:
+    base = write(tmp_path / "base.json", [(NAME, base_runs, base_md or metadata())])
+    head = write(tmp_path / "head.json", [(NAME, head_runs, head_md or metadata())])
+    return base, head
+
+
+def only_row(c: Comparison) -> dict[str, object]:
+    assert len(c.rows) == 1
+    return c.rows.iloc[0].to_dict()
+
+
+# ---- the verdicts -----------------------------------------------------------------------------
+def test_fast_run_against_default_run_is_no_change(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # pyperf compare_to calls any pair of samples of different lengths significant;
+    # here 60 values (20 runs x 3) against 6 (3 runs x 2, --fast style), same distribution.
+    # Each run also carries a 10x warmup that must not count as a value.
+    names = [NAME, "startup/demand/4GiB/4k", "teardown/upfront/8GiB/4k"]
+    base = write(tmp_path / "default.json",
+                 [(n, draw(10 + i, 20, 3, scale=10.0**-(i + 2)), metadata(n))
+                  for i, n in enumerate(names)], warmup=1.0)
+    head = write(tmp_path / "fast.json",
+                 [(n, draw(20 + i, 3, 2, scale=10.0**-(i + 2)), metadata(n))
+                  for i, n in enumerate(names)], warmup=1.0)
+    c = compare_files(base, head)
+    assert list(c.rows["name"]) == names
+    assert (c.rows["base_n"] == 60).all() and (c.rows["head_n"] == 6).all()
+    assert (c.rows["verdict"] == "no significant change").all(), c.rows
+    assert not c.rows["gates"].any()
+    assert ((c.rows["ratio_lo"] < 1) & (c.rows["ratio_hi"] > 1)).all()
+    assert (c.rows["ratio_hi"] - c.rows["ratio_lo"] > 0.02).all()  # wide: only 6 values
+    assert c.exit_status() == 0
+    assert main(base, head) == 0
+    assert "no significant change" in capsys.readouterr().out
+
+
+def test_false_positive_rate_with_unequal_sizes(tmp_path: Path) -> None:
+    # 100 benchmarks, each 60 values against 6 from one distribution: at alpha = 0.05 the
+    # verdicts may be wrong for about 5 % of them, not for all of them.
+    names = [f"startup/upfront/{i + 1}GiB/4k" for i in range(100)]
+    base = write(tmp_path / "b.json", [(n, draw(1000 + i, 20, 3, sigma=0.1), metadata(n))
+                                       for i, n in enumerate(names)])
+    head = write(tmp_path / "h.json", [(n, draw(2000 + i, 3, 2, sigma=0.1), metadata(n))
+                                       for i, n in enumerate(names)])
+    c = compare_files(base, head, n_boot=500)
+    wrong = int((c.rows["verdict"] != "no significant change").sum())
+    assert wrong <= 8, c.rows[c.rows["verdict"] != "no significant change"]
+    assert c.geomean_lo < 1 < c.geomean_hi
+    # a long suite's Markdown keeps the changes in view and folds the full table
+    md = c.format("md")
+    assert "<details><summary>All 100 benchmarks</summary>" in md
+    assert md.count("| startup/upfront/") == 100 + wrong
+
+
+def test_real_slowdown_is_slower_and_gates(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    base, head = pair(tmp_path, draw(1, 20, 3), draw(2, 20, 3, scale=1.2e-3))
+    c = compare_files(base, head)
+    row = only_row(c)
+    assert row["verdict"] == "slower" and row["gates"]
+    assert 1.15 < row["ratio"] < 1.25
+    assert 1 < row["ratio_lo"] < row["ratio"] < row["ratio_hi"]
+    assert row["p_value"] < 1e-6
+    assert c.exit_status() == 1 and c.gating == [NAME]
+    assert main(base, head) == 1
+    out = capsys.readouterr().out
+    assert "slower (GATES)" in out and "Result: FAIL" in out
+    # the same files swapped: the exact inverse ratio, the same p-value, faster
+    s = only_row(compare_files(head, base))
+    assert s["verdict"] == "faster" and not s["gates"]
+    assert math.isclose(s["ratio"], 1 / row["ratio"])
+    assert math.isclose(s["p_value"], row["p_value"])
+
+
+def test_real_speedup_is_faster_and_passes(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, draw(3, 20, 3), draw(4, 20, 3, scale=0.8e-3))
+    c = compare_files(base, head)
+    row = only_row(c)
+    assert row["verdict"] == "faster" and not row["gates"]
+    assert row["ratio_lo"] < row["ratio"] < row["ratio_hi"] < 1
+    assert c.exit_status() == 0
+
+
+def test_small_slowdown_below_threshold_does_not_gate(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, draw(5, 20, 3, sigma=0.01),
+                      draw(6, 20, 3, scale=1.03e-3, sigma=0.01))
+    c = compare_files(base, head, threshold=0.05)
+    row = only_row(c)
+    assert row["verdict"] == "slower"  # real and detected ...
+    assert 1.02 < row["ratio"] < 1.04
+    assert not row["gates"] and c.exit_status() == 0  # ... but within the 5 % allowed
+    strict = compare_files(base, head, threshold=0.02)
+    assert only_row(strict)["gates"] and strict.exit_status() == 1
+
+
+def test_too_few_values_cannot_be_significant_and_say_so(tmp_path: Path) -> None:
+    # 3 values against 3: Mann-Whitney's smallest two-sided p is 0.1, so even a 2x
+    # slowdown is "no significant change", and a note says why.
+    base, head = pair(tmp_path, draw(7, 1, 3), draw(8, 1, 3, scale=2e-3))
+    c = compare_files(base, head)
+    row = only_row(c)
+    assert row["ratio"] > 1.8 and math.isclose(row["p_value"], 0.1)
+    assert row["verdict"] == "no significant change" and c.exit_status() == 0
+    assert any("3 vs 3 values" in n and "cannot reach" in n for n in c.notes)
+    assert "cannot reach" in c.format("text")
+
+
+def test_geomean_and_deterministic_intervals(tmp_path: Path) -> None:
+    names = ["a/slow", "b/fast", "c/same"]
+    scales = [1.2e-3, 0.8e-3, 1e-3]
+    base = write(tmp_path / "b.json", [(n, draw(30 + i, 10, 3), metadata(n))
+                                       for i, n in enumerate(names)])
+    head = write(tmp_path / "h.json", [(n, draw(40 + i, 10, 3, scale=s), metadata(n))
+                                       for i, (n, s) in enumerate(zip(names, scales,
+                                                                      strict=True))])
+    c = compare_files(base, head)
+    assert list(c.rows["verdict"]) == ["slower", "faster", "no significant change"]
+    assert math.isclose(c.geomean, float(np.prod(c.rows["ratio"])) ** (1 / 3))
+    assert c.geomean_lo < c.geomean < c.geomean_hi
+    assert c.geomean_hi - c.geomean_lo < 0.05
+    again = compare_files(base, head)
+    assert again.rows.equals(c.rows) and again.geomean_lo == c.geomean_lo
+    other = compare_files(base, head, seed=1)
+    assert not np.array_equal(other.rows["ratio_lo"], c.rows["ratio_lo"])
+    # a benchmark's interval does not depend on which other benchmarks the files hold
+    sub_b = write(tmp_path / "sb.json", [(names[2], draw(32, 10, 3), metadata(names[2]))])
+    sub_h = write(tmp_path / "sh.json", [(names[2], draw(42, 10, 3), metadata(names[2]))])
+    sub = only_row(compare_files(sub_b, sub_h))
+    assert (sub["ratio_lo"], sub["ratio_hi"]) == tuple(c.rows.iloc[2][["ratio_lo", "ratio_hi"]])
+
+
+# ---- modelled metadata ------------------------------------------------------------------------
+def test_model_change_is_reported_and_gates_only_on_request(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    head_md = metadata(**{"events.startup.pins": 4 * 2**18 - 1, "model.remap_ns": 5.0})
+    base, head = pair(tmp_path, draw(9, 5, 3), draw(9, 5, 3), head_md=head_md)
+    c = compare_files(base, head)
+    assert only_row(c)["verdict"] == "no significant change"
+    assert c.model_changes.to_dict("records") == [
+        {"name": NAME, "key": "events.startup.pins", "base": 1048576, "head": 1048575},
+        {"name": NAME, "key": "model.remap_ns", "base": None, "head": 5.0},
+    ]
+    assert c.exit_status() == 0
+    assert c.exit_status(fail_on_model_change=True) == 1
+    assert main(base, head, fail_on_model_change=True) == 1
+    out = capsys.readouterr().out
+    assert "events.startup.pins" in out and "1048575" in out and "(absent)" in out
+    assert "Result: FAIL: 2 modelled values changed" in out
+    assert main(base, head) == 0
+    assert "does not gate" in capsys.readouterr().out
+
+
+def test_identical_metadata_is_no_model_change(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, draw(11, 5, 3), draw(12, 5, 3))
+    c = compare_files(base, head)
+    assert c.model_changes.empty
+    assert list(c.model_changes.columns) == ["name", "key", "base", "head"]
+    assert c.exit_status(fail_on_model_change=True) == 0
+
+
+# ---- files --------------------------------------------------------------------------------------
+def test_benchmarks_in_one_file_only_are_listed(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.json", [(NAME, draw(1, 3, 3), metadata()),
+                                       ("gone/x", draw(2, 3, 3), metadata("gone/x"))])
+    head = write(tmp_path / "h.json", [("new/y", draw(3, 3, 3), metadata("new/y")),
+                                       (NAME, draw(4, 3, 3), metadata())])
+    c = compare_files(base, head)
+    assert list(c.rows["name"]) == [NAME]
+    assert c.only_base == ["gone/x"] and c.only_head == ["new/y"]
+    text = c.format("text")
+    assert "Only in base (1): gone/x" in text and "Only in head (1): new/y" in text
+
+
+def refused(base: Path, head: Path) -> str:
+    with pytest.raises(InputError) as info:
+        compare_files(base, head)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_refuses_different_suites(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, draw(1, 3, 3), draw(2, 3, 3),
+                      head_md=metadata(**{"pinbench.suite": "full"}))
+    msg = refused(base, head)
+    assert str(base) in msg and str(head) in msg and "'quick'" in msg and "'full'" in msg
+
+
+def test_refuses_other_schema_version(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, draw(1, 3, 3), draw(2, 3, 3),
+                      head_md=metadata(**{"pinbench.schema": 2}))
+    msg = refused(base, head)
+    assert str(head) in msg and "schema version 2" in msg
+
+
+def test_refuses_no_common_benchmark(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.json", [("a/x", draw(1, 3, 3), metadata("a/x"))])
+    head = write(tmp_path / "h.json", [("b/y", draw(2, 3, 3), metadata("b/y"))])
+    msg = refused(base, head)
+    assert "no benchmark in common" in msg and str(base) in msg and str(head) in msg
+
+
+def test_refuses_non_pinbench_files(tmp_path: Path) -> None:
+    good = write(tmp_path / "good.json", [(NAME, draw(1, 3, 3), metadata())])
+    plain = tmp_path / "plain.json"
+    plain.write_text('{"x": 1}')
+    assert "not a pyperf results file" in refused(good, plain)
+    other = write(tmp_path / "other.json", [(NAME, draw(1, 3, 3), {"unit": "second"})])
+    assert "not a pinbench results file" in refused(other, good)
+    assert "no such results file" in refused(good, tmp_path / "missing.json")
+    with pytest.raises(InputError):
+        main(good, tmp_path / "missing.json")
+
+
+def test_real_results_files() -> None:
+    same = compare_files(REFERENCE, REFERENCE)
+    assert len(same.rows) == 36 and not same.only_base and not same.only_head
+    assert (same.rows["ratio"] == 1).all() and (same.rows["verdict"] == "no significant change"
+                                                ).all()
+    assert same.model_changes.empty and same.geomean == 1 and same.exit_status(True) == 0
+    # the older sample predates the pricing of metadata zeroing at startup
+    c = compare_files(SAMPLE, REFERENCE)
+    assert c.suite == "quick" and len(c.rows) == 36
+    demand = c.model_changes[(c.model_changes["name"] == "startup/demand/4GiB/4k")
+                             & (c.model_changes["key"] == "model.startup_ns")]
+    ref = load_results(REFERENCE).set_index("name")
+    expected = ref.loc["startup/demand/4GiB/4k", "model_startup_ns"]
+    assert expected > 0
+    assert demand[["base", "head"]].to_dict("records") == [{"base": 0.0, "head": expected}]
+    assert any("cost.zero_metadata_ns" in n for n in c.notes)
+    assert c.exit_status(fail_on_model_change=True) == 1
+
+
+# ---- output ------------------------------------------------------------------------------------
+@pytest.fixture
+def slow(tmp_path: Path) -> Comparison:
+    base = write(tmp_path / "b.json", [(NAME, draw(1, 20, 3), metadata()),
+                                       ("a|b", draw(2, 20, 3), metadata("a|b"))])
+    head = write(tmp_path / "h.json", [
+        (NAME, draw(3, 20, 3, scale=1.3e-3), metadata(**{"events.startup.pins": 7})),
+        ("a|b", draw(4, 20, 3), metadata("a|b"))])
+    return compare_files(base, head)
+
+
+def test_text_output(slow: Comparison) -> None:
+    text = slow.format("text")
+    lines = text.splitlines()
+    assert "MEASURED" in text and "MODELLED" in text
+    assert "Mann-Whitney U" in text and "95 % percentile bootstrap CI" in text
+    assert "ratio of medians exceeds 1.05 (threshold 5 %)" in text
+    header = next(ln for ln in lines if ln.startswith("benchmark "))
+    row = next(ln for ln in lines if ln.startswith(NAME))
+    assert row.index("slower (GATES)") == header.index("verdict")  # aligned columns
+    assert lines[-1].startswith("Result: FAIL: 1 benchmark significantly slower")
+    assert lines[-1].endswith("(exit 1)")
+
+
+def test_markdown_output(slow: Comparison) -> None:
+    md = slow.format("md", fail_on_model_change=True)
+    lines = md.splitlines()
+    assert lines[0].startswith("### ❌ pinbench compare — FAIL: 1 benchmark")
+    assert "#### Measured" in md and "#### Modelled" in md
+    assert "Mann-Whitney U" in md and "threshold 5 %" in md
+    table = [ln for ln in lines if ln.startswith("| ")]
+    assert table[0].startswith("| benchmark | base median |")
+    assert set(table[1].replace("|", "").split()) == {"---", "--:"}
+    assert sum(NAME in ln and "🔴 slower (GATES)" in ln for ln in table) == 1
+    assert any(ln.startswith("| a\\|b |") for ln in table)  # a pipe cannot break the table
+    assert all(ln.count(" | ") == table[0].count(" | ") for ln in table[:4])
+    assert "`--fail-on-model-change`" in md and "events.startup.pins" in md
+
+
+def test_json_output(slow: Comparison) -> None:
+    doc = json.loads(slow.format("json"))
+    assert doc["base"].endswith("b.json") and doc["head"].endswith("h.json")
+    assert doc["threshold"] == 0.05 and doc["exit_status"] == 1
+    assert "Mann-Whitney" in doc["measured"]["test"] and doc["measured"]["unit"] == "second"
+    rows = {r["name"]: r for r in doc["measured"]["rows"]}
+    assert rows[NAME]["verdict"] == "slower" and rows[NAME]["gates"] is True
+    assert rows[NAME]["base_n"] == 60
+    assert set(rows[NAME]) == set(slow.rows.columns)
+    assert doc["measured"]["gating"] == [NAME]
+    assert doc["measured"]["geomean_lo"] <= doc["measured"]["geomean"]
+    assert doc["modelled"]["model_changes"] == [
+        {"name": NAME, "key": "events.startup.pins", "base": 1048576, "head": 7}]
+    assert doc["only_base"] == [] and doc["only_head"] == []
+
+
+def test_unknown_format(slow: Comparison) -> None:
+    with pytest.raises(InputError, match="unknown format 'html'"):
+        slow.format("html")
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("5%", 0.05), ("0.05", 0.05), (" 2.5 % ", 0.025), ("0", 0.0), ("0%", 0.0),
+    ("150%", 1.5), (".1", 0.1),
+])
+def test_parse_threshold(text: str, value: float) -> None:
+    assert math.isclose(parse_threshold(text), value)
+
+
+@pytest.mark.parametrize("text", ["5", "1", "-1%", "-0.1", "abc", "", "5%%", "nan", "1e999%"])
+def test_parse_threshold_refuses(text: str) -> None:
+    with pytest.raises(InputError, match="threshold"):
+        parse_threshold(text)
