@@ -60,16 +60,20 @@ def frame_capacity(guest_pages: int, remapped_pages: int) -> int:
     return guest_pages + min(guest_pages, remapped_pages)
 
 
+def metadata_bytes(strategy: str, guest_pages: int) -> int:
+    """Bytes of KVM's per-VM arrays: the page array (upfront), bitmap + pfn array (demand)."""
+    if strategy == "upfront":
+        return 8 * guest_pages
+    return 8 * guest_pages + 8 * ((guest_pages + 63) // 64)
+
+
 def memory_needed(strategy: str, guest_pages: int, level: str, remapped_pages: int = 0,
                   pattern_units: int = 0) -> int:
     """Bytes the simulation's arrays take for this run (checked before allocating)."""
     cap = frame_capacity(guest_pages, remapped_pages)
     n_units = guest_pages // unit_pages(level)
     host = 8 * guest_pages + 4 * 2 * (cap + 1) + 8 * cap + n_units
-    meta = 8 * guest_pages
-    if strategy == "demand":
-        meta += 8 * ((guest_pages + 63) // 64)
-    return host + meta + pattern_units
+    return host + metadata_bytes(strategy, guest_pages) + pattern_units
 
 
 def available_memory() -> int:
