@@ -107,6 +107,40 @@ def build_parser() -> argparse.ArgumentParser:
                      help="directory to write into (default ./report)")
     rep.set_defaults(func=cmd_report)
 
+    cmp = sub.add_parser(
+        "compare", help="compare two results files with statistics; exit 1 on a regression",
+        description="Compare every benchmark two results files share: medians, ratio with a "
+        "95%% bootstrap CI, Mann-Whitney U, verdict; modelled metrics exactly. Exit 0 when no "
+        "benchmark is significantly slower by more than the threshold, 1 when one is, "
+        "2 for unusable input.")
+    cmp.add_argument("base", metavar="BASE.json")
+    cmp.add_argument("head", metavar="HEAD.json")
+    cmp.add_argument("--threshold", default="5%", help="slowdown that gates (default 5%%)")
+    cmp.add_argument("--format", dest="fmt", choices=("text", "md", "json"), default="text")
+    cmp.add_argument("--fail-on-model-change", action="store_true",
+                     help="also exit 1 when any event count or modelled time changed")
+    cmp.set_defaults(func=cmd_compare)
+
+    br = sub.add_parser(
+        "compare-branches", help="run the suite on two git refs, interleaved, and compare them",
+        description="Check each ref out in its own git worktree with its own virtual "
+        "environment, run the suite for both with A and B interleaved benchmark by benchmark, "
+        "compare and write a report for each; the worktrees are removed afterwards.")
+    br.add_argument("base_ref", metavar="BASE_REF")
+    br.add_argument("head_ref", metavar="HEAD_REF", nargs="?", default=None,
+                    help="default: HEAD")
+    br.add_argument("--suite", default="quick", help="quick, full or a suite TOML file")
+    br.add_argument("-o", "--output", default=None, metavar="DIR",
+                    help="output directory (default results/compare-<base>-<head>-<date>)")
+    br.add_argument("--aa", action="store_true",
+                    help="run BASE_REF twice to measure the noise floor and suggest a threshold")
+    br.add_argument("--threshold", default="5%", help="slowdown that gates (default 5%%)")
+    br.add_argument("--deps", choices=("install", "current"), default="install",
+                    help="install each ref's dependencies (default) or reuse this "
+                    "environment's (fast, offline)")
+    br.add_argument("--fail-on-model-change", action="store_true")
+    br.set_defaults(func=cmd_compare_branches)
+
     lst = sub.add_parser("list", help="list the benchmarks of a suite",
                          description="List the benchmarks a suite would run.")
     lst.add_argument("--suite", default="quick", help="quick, full or a suite TOML file")
@@ -119,6 +153,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pinning.report import main as report_main
 
     return report_main(args.results, args.output)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``pinbench compare``: 0 no regression, 1 regression, 2 unusable input."""
+    from pinning.compare import main as compare_main
+    from pinning.compare import parse_threshold
+
+    return compare_main(args.base, args.head, threshold=parse_threshold(args.threshold),
+                        fmt=args.fmt, fail_on_model_change=args.fail_on_model_change)
+
+
+def cmd_compare_branches(args: argparse.Namespace) -> int:
+    """``pinbench compare-branches``: like compare, on two git refs run here."""
+    from pinning.branches import main as branches_main
+    from pinning.compare import parse_threshold
+
+    return branches_main(args.base_ref, args.head_ref, suite=args.suite, outdir=args.output,
+                         aa=args.aa, threshold=parse_threshold(args.threshold),
+                         deps=args.deps, fail_on_model_change=args.fail_on_model_change)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
