@@ -9,9 +9,8 @@ import numpy as np
 
 from pinning import kernels as K
 from pinning.costs import CostProfile, modelled_ns
-from pinning.hostmem import warm_host
 from pinning.levels import PAGE_SIZE, unit_pages
-from pinning.sim import memory_needed, metadata_bytes, new_state, strategy_code
+from pinning.sim import memory_needed, new_state, strategy_code, zero_metadata
 from pinning.suite import BenchConfig
 from pinning.vcpu import VcpuResult, run_workload
 from pinning.workload import Remap, Workload, make_workload, workload_bytes
@@ -90,10 +89,6 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile,
     remapped = sum(_widened(s.gfn, s.npages, upages) for s in workload.steps
                    if isinstance(s, Remap))
     state = new_state(config.strategy, config.guest_pages, config.level, remapped)
-    # The timed startup allocates KVM's metadata arrays and takes their first
-    # page faults; this VM's host reclaims idle memory, and faulting reclaimed
-    # memory costs 2-5 us more per page (HOST.md): warm that much first.
-    warm_host(metadata_bytes(config.strategy, config.guest_pages))
     counters = state[0]
     res = LifecycleResult()
 
@@ -113,8 +108,11 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile,
             res.model_ns[name] = modelled_ns(res.events[name], profile)
         return out
 
-    status = phase("startup", lambda: K.run(state, code, upages, K.NO_LIMIT,
-                                            *_one(K.OP_STARTUP))[0])
+    def startup() -> int:
+        zero_metadata(state)
+        return K.run(state, code, upages, K.NO_LIMIT, *_one(K.OP_STARTUP))[0]
+
+    status = phase("startup", startup)
     if status != K.OK:
         res.error = "startup failed"
         return res

@@ -122,17 +122,29 @@ def new_host(guest_pages: int, level: str, capacity: int) -> tuple:
 
 
 def allocate_metadata(strategy: str, guest_pages: int) -> tuple:
-    """KVM's per-VM arrays: the region's page array, or the memslot's bitmap + pfn array."""
+    """KVM's per-VM arrays: the region's page array, or the memslot's bitmap + pfn array.
+
+    They are allocated and faulted in here, outside any timed phase, so that
+    a timed startup never depends on the allocator's or the host's state
+    (glibc reuses freed heap for arrays < 32 MiB but maps fresh pages above);
+    the zeroing the kernel does (``__GFP_ZERO``, ``kvzalloc``) is
+    :func:`zero_metadata`, inside the timed startup.
+    """
     empty_u64 = np.zeros(0, dtype=np.uint64)
     empty_i64 = np.zeros(0, dtype=np.int64)
     if strategy == "upfront":
-        # calloc'd: its pages are first touched as the region is pinned, page by page.
-        return np.zeros(guest_pages, dtype=np.int64), empty_u64, empty_i64
+        return _zeros(guest_pages, np.int64), empty_u64, empty_i64
     return (
         empty_i64,
         _zeros((guest_pages + 63) // 64, np.uint64),
         _zeros(guest_pages, np.int64),
     )
+
+
+def zero_metadata(state: tuple) -> None:
+    """Zero KVM's per-VM arrays of ``state``: the first step of a timed startup."""
+    for arr in state[7:10]:
+        arr.fill(0)
 
 
 def new_state(strategy: str, guest_pages: int, level: str, remapped_pages: int = 0) -> tuple:
@@ -192,7 +204,7 @@ def simulate(
         units = random_units(n_units, touch_fraction, seed)
 
     memlock_pages = K.NO_LIMIT if memlock_limit is None else memlock_limit // PAGE_SIZE
-    host = new_host(guest_pages, level, frame_capacity(guest_pages, remapped))
+    state = new_state(strategy, guest_pages, level, remapped)
     if trace is not None:
         work = (trace.ops, trace.gfns, trace.npages, _NO_UNITS)
     elif units is not None:
@@ -202,7 +214,7 @@ def simulate(
     elapsed = dict.fromkeys(PHASES, 0)
 
     t0 = time.perf_counter_ns()
-    state = (*host, *allocate_metadata(strategy, guest_pages))
+    zero_metadata(state)
     status, _, _ = K.run(state, code, upages, memlock_pages, *_one_op(K.OP_STARTUP))
     elapsed["startup"] = time.perf_counter_ns() - t0
 
