@@ -9,8 +9,8 @@ import numpy as np
 
 from pinning import kernels as K
 from pinning.costs import CostProfile, modelled_ns
-from pinning.levels import PAGE_SIZE, unit_pages
-from pinning.sim import memory_needed, new_state, strategy_code, zero_metadata
+from pinning.levels import unit_pages
+from pinning.sim import memory_needed, new_state, one_op, strategy_code, zero_metadata
 from pinning.suite import BenchConfig
 from pinning.vcpu import VcpuResult, run_workload
 from pinning.workload import Remap, Workload, make_workload, workload_bytes
@@ -71,11 +71,6 @@ def config_bytes(config: BenchConfig) -> int:
     return memory_needed(config.strategy, config.guest_pages, config.level, remapped, wl)
 
 
-def _one(op: int, gfn: int = 0, npages: int = 0) -> tuple:
-    return (np.array([op], dtype=np.int8), np.array([gfn], dtype=np.int64),
-            np.array([npages], dtype=np.int64), np.zeros(0, dtype=np.uint32))
-
-
 def run_lifecycle(config: BenchConfig, profile: CostProfile,
                   workload: Workload | None = None) -> LifecycleResult:
     """Run startup, the workload and teardown on a fresh state; time and count each phase.
@@ -110,7 +105,7 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile,
 
     def startup() -> int:
         zero_metadata(state)
-        return K.run(state, code, upages, K.NO_LIMIT, *_one(K.OP_STARTUP))[0]
+        return K.run(state, code, upages, K.NO_LIMIT, *one_op(K.OP_STARTUP))[0]
 
     status = phase("startup", startup)
     if status != K.OK:
@@ -130,7 +125,7 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile,
                                              workload, profile))
     if "teardown" in wanted:
         phase("teardown", lambda: K.run(state, code, upages, K.NO_LIMIT,
-                                        *_one(K.OP_TEARDOWN))[0])
+                                        *one_op(K.OP_TEARDOWN))[0])
         K.finish(state)
         res.events["teardown"]["pinned_pages_end"] = int(counters[K.PINNED_PAGES_END])
         res.events["teardown"]["leaked_refs"] = int(counters[K.LEAKED_REFS])
@@ -176,8 +171,3 @@ def lifecycle_metadata(config: BenchConfig, res: LifecycleResult) -> dict[str, i
     if res.error:
         md["error"] = res.error
     return md
-
-
-def guest_bytes(config: BenchConfig) -> int:
-    """Guest memory in bytes (for messages)."""
-    return config.guest_pages * PAGE_SIZE

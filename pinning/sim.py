@@ -208,14 +208,14 @@ def simulate(
     if trace is not None:
         work = (trace.ops, trace.gfns, trace.npages, _NO_UNITS)
     elif units is not None:
-        work = _one_op(K.OP_ACCESS_UNITS, 0, len(units), units)
+        work = one_op(K.OP_ACCESS_UNITS, 0, len(units), units)
     else:
-        work = _one_op(K.OP_ACCESS_RANGE, 0, count, _NO_UNITS)
+        work = one_op(K.OP_ACCESS_RANGE, 0, count, _NO_UNITS)
     elapsed = dict.fromkeys(PHASES, 0)
 
     t0 = time.perf_counter_ns()
     zero_metadata(state)
-    status, _, _ = K.run(state, code, upages, memlock_pages, *_one_op(K.OP_STARTUP))
+    status, _, _ = K.run(state, code, upages, memlock_pages, *one_op(K.OP_STARTUP))
     elapsed["startup"] = time.perf_counter_ns() - t0
 
     error = None
@@ -238,7 +238,7 @@ def simulate(
                 f"{_limit_text(memlock_limit)}"
             )
         if teardown:
-            K.run(state, code, upages, memlock_pages, *_one_op(K.OP_TEARDOWN))
+            K.run(state, code, upages, memlock_pages, *one_op(K.OP_TEARDOWN))
             elapsed["teardown"] = time.perf_counter_ns() - t2
     if status == K.ERR_NO_FRAME:
         raise RuntimeError("simulation ran out of host frames: frame_capacity() is wrong")
@@ -251,7 +251,8 @@ def simulate(
 _NO_UNITS = np.zeros(0, dtype=np.uint32)
 
 
-def _one_op(op: int, gfn: int = 0, npages: int = 0, units: np.ndarray = _NO_UNITS) -> tuple:
+def one_op(op: int, gfn: int = 0, npages: int = 0, units: np.ndarray = _NO_UNITS) -> tuple:
+    """The (ops, gfns, npages, units) arguments of kernels.run for a single operation."""
     return (np.array([op], dtype=np.int8), np.array([gfn], dtype=np.int64),
             np.array([npages], dtype=np.int64), units)
 
