@@ -10,7 +10,14 @@ import numpy as np
 from pinning import kernels as K
 from pinning.costs import CostProfile, modelled_ns
 from pinning.levels import unit_pages
-from pinning.sim import memory_needed, new_state, one_op, strategy_code, zero_metadata
+from pinning.sim import (
+    memory_needed,
+    new_state,
+    one_op,
+    reset_state,
+    strategy_code,
+    zero_metadata,
+)
 from pinning.suite import BenchConfig
 from pinning.vcpu import VcpuResult, run_workload
 from pinning.workload import Remap, Workload, make_workload, workload_bytes
@@ -71,6 +78,23 @@ def config_bytes(config: BenchConfig) -> int:
     return memory_needed(config.strategy, config.guest_pages, config.level, remapped, wl)
 
 
+# The state of the last configuration run in this process, reused by the next
+# run of the same shape (see sim.reset_state for why).
+_cached: dict[tuple, tuple] = {}
+
+
+def _state_for(config: BenchConfig, remapped: int) -> tuple:
+    key = (config.strategy, config.guest_pages, config.level, remapped)
+    state = _cached.get(key)
+    if state is None:
+        _cached.clear()  # one state at a time: they can be many GiB
+        state = _cached[key] = new_state(config.strategy, config.guest_pages, config.level,
+                                          remapped)
+    else:
+        reset_state(state)
+    return state
+
+
 def run_lifecycle(config: BenchConfig, profile: CostProfile,
                   workload: Workload | None = None) -> LifecycleResult:
     """Run startup, the workload and teardown on a fresh state; time and count each phase.
@@ -83,7 +107,7 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile,
     upages = unit_pages(config.level)
     remapped = sum(_widened(s.gfn, s.npages, upages) for s in workload.steps
                    if isinstance(s, Remap))
-    state = new_state(config.strategy, config.guest_pages, config.level, remapped)
+    state = _state_for(config, remapped)
     counters = state[0]
     res = LifecycleResult()
 
