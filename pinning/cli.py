@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a benchmark suite under pyperf and write one results file",
         description="Run every benchmark of a suite (pyperf workers, measured wall time of the "
         "model plus modelled events and times in the metadata) and write one pyperf JSON file.")
-    run.add_argument("--suite", default="quick", help="quick, full or a suite TOML file")
+    run.add_argument("--suite", default="quick", help="quick, ci, full or a suite TOML file")
     run.add_argument("-o", "--output", default=None, metavar="FILE",
                      help="results file (default results/<suite>-<date>.json)")
     run.add_argument("--force", action="store_true", help="overwrite an existing results file")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("base_ref", metavar="BASE_REF")
     br.add_argument("head_ref", metavar="HEAD_REF", nargs="?", default=None,
                     help="default: HEAD")
-    br.add_argument("--suite", default="quick", help="quick, full or a suite TOML file")
+    br.add_argument("--suite", default="quick", help="quick, ci, full or a suite TOML file")
     br.add_argument("-o", "--output", default=None, metavar="DIR",
                     help="output directory (default results/compare-<base>-<head>-<date>)")
     br.add_argument("--aa", action="store_true",
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list the benchmarks of a suite",
                          description="List the benchmarks a suite would run.")
-    lst.add_argument("--suite", default="quick", help="quick, full or a suite TOML file")
+    lst.add_argument("--suite", default="quick", help="quick, ci, full or a suite TOML file")
     lst.set_defaults(func=cmd_list)
     return parser
 

@@ -1,23 +1,32 @@
 """Compare two pinbench results files: measured times with statistics, modelled metadata exactly.
 
-**Measured** (each benchmark's pyperf values, wall time in seconds): the ratio head/base
-of the medians, a percentile bootstrap confidence interval of that ratio (each side's
-values resampled with replacement, independently, ``n_boot`` times; the generator is
-seeded from ``seed`` and the benchmark's name, so a result does not depend on which other
-benchmarks are in the files) and the two-sided Mann-Whitney U test
-(:func:`scipy.stats.mannwhitneyu`). A change is **significant** when the CI (level
-1 - ``alpha``) excludes 1 *and* p < ``alpha``, both on the same side of 1: "slower" or
-"faster", else "no significant change". A benchmark **gates** when it is "slower" and
-its ratio of medians exceeds 1 + ``threshold``.
+**Measured** (each benchmark's pyperf values, wall time in seconds, grouped by the
+worker process -- pyperf "run" -- that produced them). On this kind of machine most of
+the variance is *between* processes (how a process's arrays and the hypervisor below
+back its memory), while values within one process agree to a few percent; treating all
+values as independent would call that between-process noise significant. So:
+
+* **Both sides with >= 2 processes (hierarchical):** the unit is the process. The
+  centre of a side is the median of its per-process medians; its confidence interval
+  is a two-stage bootstrap (processes resampled with replacement, then values within
+  each resampled process) of the ratio head/base; the two-sided Mann-Whitney U test
+  (:func:`scipy.stats.mannwhitneyu`) compares the per-process medians. 4 processes
+  against 4 is the smallest design that can reach p < 0.05.
+* **A side with a single process:** the values are pooled as independent draws (the
+  only thing possible), and a note says that between-process variance is then not in
+  the interval.
+
+The bootstrap has ``n_boot`` replicates and its generator is seeded from ``seed`` and
+the benchmark's name, so a result does not depend on which other benchmarks are in the
+files. A change is **significant** when the CI (level 1 - ``alpha``) excludes 1 *and*
+p < ``alpha``, both on the same side of 1: "slower" or "faster", else "no significant
+change". A benchmark **gates** when it is "slower" and its ratio exceeds 1 + ``threshold``.
 
 Neither test assumes equal sample sizes, unlike ``pyperf compare_to``, whose t-test
 raises on samples of different lengths and then calls the difference significant (a
-``--fast`` run against a default run is "significant" everywhere). With few values the
-tests are simply unable to reach significance (3 values against 3: Mann-Whitney's
-smallest p is 0.1), and the output says so.
-
-The values of all runs of a benchmark are pooled as exchangeable (pinbench's suites run
-one to a few workers), so between-worker variance is not modelled separately.
+``--fast`` run against a default run is "significant" everywhere). With few units the
+tests are simply unable to reach significance (3 against 3: Mann-Whitney's smallest p
+is 0.1), and the output says so.
 
 **Modelled** (the deterministic ``events.*`` and ``model.*`` metadata of each benchmark
 in both files) are compared exactly: any difference is listed, including keys present
@@ -49,8 +58,11 @@ __all__ = ["VERDICTS", "Comparison", "compare_files", "main", "parse_threshold"]
 
 VERDICTS = ("faster", "slower", "no significant change")
 FORMATS = ("text", "md", "json")
-ROW_COLUMNS = ("name", "base_median_s", "head_median_s", "base_n", "head_n", "ratio",
-               "ratio_lo", "ratio_hi", "p_value", "verdict", "gates")
+ROW_COLUMNS = ("name", "base_median_s", "head_median_s", "base_n", "head_n", "base_runs",
+               "head_runs", "unit", "ratio", "ratio_lo", "ratio_hi", "p_value", "verdict",
+               "gates")
+#: The unit of the statistics: per-process medians, or (a side with one process) values.
+UNITS = ("process", "value")
 MODEL_COLUMNS = ("name", "key", "base", "head")
 MODEL_PREFIXES = ("events.", "model.")
 #: Longer Markdown tables are folded into a <details> block (job summaries stay readable).
@@ -121,10 +133,11 @@ class Comparison:
 
     def test_description(self) -> str:
         """One sentence naming the statistics used."""
-        return (f"head/base ratio of the medians with a {self._conf()} percentile bootstrap CI "
-                f"({self.n_boot} resamples of each side's values, seed {self.seed}); "
-                f"significant when the CI excludes 1 and the two-sided Mann-Whitney U test "
-                f"gives p < {_num(self.alpha)}")
+        return (f"head/base ratio of the medians of per-process medians with a {self._conf()} "
+                f"two-stage bootstrap CI ({self.n_boot} resamples of processes, then of values "
+                f"within them; seed {self.seed}); significant when the CI excludes 1 and the "
+                f"two-sided Mann-Whitney U test of the per-process medians gives "
+                f"p < {_num(self.alpha)} (a side with one process: its values, pooled)")
 
     def gating_rule(self) -> str:
         """One sentence stating when a benchmark gates."""
@@ -152,6 +165,7 @@ class Comparison:
     def _measured_table(self, markers: bool) -> tuple[list[str], list[list[str]]]:
         header = ["benchmark", "base median", "head median", "n base", "n head", "head/base",
                   f"{self._conf()} CI", "p", "verdict"]
+        # n is "processes x values per process" (or the total when they differ)
         body = []
         for r in self.rows.itertuples(index=False):
             verdict = str(r.verdict)
@@ -160,7 +174,8 @@ class Comparison:
             if markers:
                 verdict = {"slower": "🔴 ", "faster": "🟢 "}.get(str(r.verdict), "") + verdict
             body.append([str(r.name), _time(r.base_median_s), _time(r.head_median_s),
-                         str(r.base_n), str(r.head_n), _ratio(r.ratio),
+                         _n_text(r.base_runs, r.base_n), _n_text(r.head_runs, r.head_n),
+                         _ratio(r.ratio),
                          f"[{_ratio(r.ratio_lo)}, {_ratio(r.ratio_hi)}]", _p(r.p_value),
                          verdict])
         return header, body
@@ -347,10 +362,9 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
     level = 1 - alpha
     rows, log_boot, notes = [], [], []
     for name in common:
-        bv = np.asarray(b_benches[name].get_values(), dtype=float)
-        hv = np.asarray(h_benches[name].get_values(), dtype=float)
-        row, boot = _compare_values(name, bv, hv, n_boot=n_boot, seed=seed, alpha=alpha,
-                                    threshold=threshold)
+        row, boot = _compare_values(name, _run_values(b_benches[name]),
+                                    _run_values(h_benches[name]), n_boot=n_boot, seed=seed,
+                                    alpha=alpha, threshold=threshold)
         rows.append(row)
         if boot is not None:
             log_boot.append(np.log(boot))
@@ -358,7 +372,8 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
             side = "base" if not row["base_median_s"] > 0 else "head"
             notes.append(f"{name}: not compared (no measured value, or a median of 0, in {side})")
     frame = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
-    frame = frame.astype({"base_n": "int64", "head_n": "int64", "gates": bool})
+    frame = frame.astype({"base_n": "int64", "head_n": "int64", "base_runs": "int64",
+                          "head_runs": "int64", "gates": bool})
 
     valid = frame["ratio"].notna() & (frame["ratio"] > 0)
     if valid.any() and log_boot:
@@ -370,6 +385,7 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
         geo = (math.nan, math.nan, math.nan)
 
     notes += _small_sample_notes(frame, alpha)
+    notes += _pooled_notes(frame)
     notes += _machine_notes(b_benches, h_benches, common)
     return Comparison(rows=frame, only_base=only_base, only_head=only_head,
                       geomean=geo[0], geomean_lo=geo[1], geomean_hi=geo[2],
@@ -378,26 +394,46 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
                       n_boot=n_boot, seed=seed, suite=b_suite, notes=notes)
 
 
-def _compare_values(name: str, base: np.ndarray, head: np.ndarray, *, n_boot: int, seed: int,
-                    alpha: float, threshold: float
+def _run_values(bench: pyperf.Benchmark) -> list[np.ndarray]:
+    """A benchmark's measured values, one array per worker process (runs without any dropped)."""
+    runs = [np.asarray(r.values, dtype=float) for r in bench.get_runs()]
+    return [v for v in runs if v.size]
+
+
+def _compare_values(name: str, base: Sequence[np.ndarray], head: Sequence[np.ndarray], *,
+                    n_boot: int, seed: int, alpha: float, threshold: float
                     ) -> tuple[dict[str, Any], np.ndarray | None]:
-    """One benchmark's row and its bootstrap replicates of the ratio (None if not compared)."""
-    row: dict[str, Any] = {"name": name, "base_n": len(base), "head_n": len(head),
+    """One benchmark's row and its bootstrap replicates of the ratio (None if not compared).
+
+    ``base`` and ``head`` hold one array of values per worker process.
+    """
+    hier = len(base) >= 2 and len(head) >= 2
+    row: dict[str, Any] = {"name": name, "base_n": sum(len(v) for v in base),
+                           "head_n": sum(len(v) for v in head), "base_runs": len(base),
+                           "head_runs": len(head), "unit": UNITS[0] if hier else UNITS[1],
                            "base_median_s": math.nan, "head_median_s": math.nan,
                            "ratio": math.nan, "ratio_lo": math.nan, "ratio_hi": math.nan,
                            "p_value": math.nan, "verdict": "no significant change",
                            "gates": False}
-    if len(base) == 0 or len(head) == 0:
+    if not base or not head:
         return row, None
-    b_med, h_med = float(np.median(base)), float(np.median(head))
+    if hier:
+        b_units = np.array([np.median(v) for v in base])
+        h_units = np.array([np.median(v) for v in head])
+    else:
+        b_units, h_units = np.concatenate(base), np.concatenate(head)
+    b_med, h_med = float(np.median(b_units)), float(np.median(h_units))
     row.update(base_median_s=b_med, head_median_s=h_med)
     if not (b_med > 0 and h_med > 0):
         return row, None
     ratio = h_med / b_med
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    boot = _boot_medians(head, n_boot, rng) / _boot_medians(base, n_boot, rng)
+    if hier:
+        boot = _boot_runs(head, n_boot, rng) / _boot_runs(base, n_boot, rng)
+    else:
+        boot = _boot_medians(h_units, n_boot, rng) / _boot_medians(b_units, n_boot, rng)
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    p = float(sps.mannwhitneyu(head, base, alternative="two-sided").pvalue)
+    p = float(sps.mannwhitneyu(h_units, b_units, alternative="two-sided").pvalue)
     if not math.isfinite(p):  # every value equal on both sides
         p = 1.0
     if p < alpha and lo > 1 and ratio > 1:
@@ -420,6 +456,32 @@ def _boot_medians(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> 
         stop = min(n_boot, start + step)
         idx = rng.integers(0, n, size=(stop - start, n))
         out[start:stop] = np.median(values[idx], axis=1)
+    return out
+
+
+def _boot_runs(runs: Sequence[np.ndarray], n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Two-stage bootstrap: medians of per-process medians, processes then values resampled.
+
+    Runs are padded into one matrix (NaN past a run's length) so that a replicate is a
+    gather plus ``nanmedian``; each resampled run keeps its own number of values.
+    """
+    n_runs = len(runs)
+    width = max(len(v) for v in runs)
+    table = np.full((n_runs, width), np.nan)
+    for i, v in enumerate(runs):
+        table[i, :len(v)] = v
+    lengths = np.array([len(v) for v in runs])
+    step = max(1, _CHUNK // (n_runs * width))
+    out = np.empty(n_boot)
+    cols = np.arange(width)
+    for start in range(0, n_boot, step):
+        stop = min(n_boot, start + step)
+        pick = rng.integers(0, n_runs, size=(stop - start, n_runs))
+        n = lengths[pick][..., None]
+        idx = (rng.random((stop - start, n_runs, width)) * n).astype(np.int64)
+        vals = table[pick[..., None], idx]
+        vals = np.where(cols < n, vals, np.nan)
+        out[start:stop] = np.median(np.nanmedian(vals, axis=2), axis=1)
     return out
 
 
@@ -462,18 +524,31 @@ def _key_order(key: str) -> tuple[int, int, str]:
 
 
 def _small_sample_notes(frame: pd.DataFrame, alpha: float) -> list[str]:
-    """Benchmarks whose sample sizes cannot give p < alpha whatever the values."""
-    weak = []
+    """Benchmarks whose numbers of units cannot give p < alpha whatever the values."""
+    weak: dict[str, list[str]] = {}
     for r in frame.itertuples(index=False):
-        if r.base_n and r.head_n and 2 / math.comb(r.base_n + r.head_n, r.base_n) >= alpha:
-            weak.append(str(r.name))
+        hier = r.unit == UNITS[0]
+        nb, nh = (r.base_runs, r.head_runs) if hier else (r.base_n, r.head_n)
+        if nb and nh and 2 / math.comb(nb + nh, nb) >= alpha:
+            pair = f"{nb} vs {nh} {'processes' if hier else 'values'}"
+            weak.setdefault(pair, []).append(str(r.name))
     if not weak:
         return []
-    sizes = frame.set_index("name").loc[weak, ["base_n", "head_n"]]
-    pairs = sorted({f"{b} vs {h}" for b, h in sizes.itertuples(index=False)})
-    return [f"{_plural(len(weak), 'benchmark')} ({', '.join(pairs)} values) cannot reach "
-            f"p < {_num(alpha)} with so few values: 'no significant change' there means "
-            "'not enough data', run more values (e.g. without --fast)"]
+    n = sum(len(v) for v in weak.values())
+    return [f"{_plural(n, 'benchmark')} ({', '.join(sorted(weak))}) cannot reach "
+            f"p < {_num(alpha)} with so few units: 'no significant change' there means "
+            "'not enough data': run more worker processes (4 vs 4 is the least that can)"]
+
+
+def _pooled_notes(frame: pd.DataFrame) -> list[str]:
+    """Benchmarks compared value by value because a side has a single worker process."""
+    pooled = frame.loc[(frame["unit"] == UNITS[1]) & frame["ratio"].notna(), "name"]
+    if pooled.empty:
+        return []
+    return [f"{_plural(len(pooled), 'benchmark')} had a single worker process on a side, so "
+            "their values were pooled as independent: variance between processes (the larger "
+            "part on a shared or virtual machine) is not in their intervals and their verdicts "
+            "can be overconfident; gate with >= 4 processes per side (e.g. --suite ci)"]
 
 
 def _machine_notes(b_benches: Mapping[str, pyperf.Benchmark],
@@ -545,6 +620,12 @@ def _ratio(v: float) -> str:
 
 def _signed_pct(ratio: float) -> str:
     return "-" if _missing(ratio) else f"{100 * (ratio - 1):+.1f} %"
+
+
+def _n_text(runs: int, n: int) -> str:
+    if runs > 1 and n % runs == 0:
+        return f"{runs}x{n // runs}"
+    return str(n)
 
 
 def _p(p: float) -> str:

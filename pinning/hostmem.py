@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from pinning.jit import kernel
@@ -19,6 +21,22 @@ def warm_host(nbytes: int) -> None:
     buf = np.empty(nbytes // 8, dtype=np.int64)
     buf.fill(1)
     del buf
+
+
+def anon_array(n: int, dtype, *, huge: bool = False) -> np.ndarray:
+    """An array of ``n`` elements on its own anonymous mapping, backed by 4 KiB pages
+    (or, with ``huge``, eligible for transparent huge pages); its contents are zero.
+
+    The backing is chosen explicitly because numpy's default (MADV_HUGEPAGE on large
+    arrays) gets huge pages or not depending on the host's free memory, and the sim's
+    random-access speed depended on it: the same benchmark came out ~1x or ~2-3x in
+    different processes. The mapping is released when the array is.
+    """
+    dt = np.dtype(dtype)
+    nbytes = max(1, n * dt.itemsize)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.madvise(mmap.MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, dtype=dt, count=n)
 
 
 @kernel

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pinning import kernels as K
+from pinning.hostmem import anon_array
 from pinning.levels import PAGE_SIZE, InputError, format_size, unit_pages
 from pinning.workload import PATTERNS, Trace, random_units, touched_units
 
@@ -100,8 +101,9 @@ def check_fits(needed: int, what: str) -> None:
 
 
 def _zeros(n: int, dtype) -> np.ndarray:
-    # Written, not calloc'd, so the simulation's own page faults stay out of the timed phases.
-    a = np.empty(n, dtype=dtype)
+    # 4 KiB-backed on purpose (hostmem.anon_array), and written now so that the
+    # simulation's own page faults stay out of the timed phases.
+    a = anon_array(n, dtype)
     a.fill(0)
     return a
 

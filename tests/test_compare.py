@@ -172,6 +172,78 @@ def test_too_few_values_cannot_be_significant_and_say_so(tmp_path: Path) -> None
     assert "cannot reach" in c.format("text")
 
 
+def process_draw(seed: int, runs: int, per_run: int, between: float, within: float = 0.01,
+                 scale: float = 1e-3) -> list[list[float]]:
+    """Timings whose processes differ by a lognormal offset of sigma ``between`` (the noise
+    of this kind of machine) while values within a process differ by only ``within``."""
+    rng = np.random.default_rng(seed)
+    return [list(scale * rng.lognormal(0.0, between) * rng.lognormal(0.0, within, per_run))
+            for _ in range(runs)]
+
+
+def test_between_process_noise_is_not_significant(tmp_path: Path) -> None:
+    # A/A with 30 % process-to-process noise and 1 % within: the process is the unit, so
+    # about alpha of the benchmarks come out significant. Pooling the same values as if
+    # from one process each (the naive test) calls most of them significant.
+    names = [f"startup/upfront/{i + 1}GiB/4k" for i in range(40)]
+    b_runs = [process_draw(100 + i, 4, 5, between=0.3) for i in range(40)]
+    h_runs = [process_draw(200 + i, 4, 5, between=0.3) for i in range(40)]
+    base = write(tmp_path / "b.json", [(n, r, metadata(n))
+                                       for n, r in zip(names, b_runs, strict=True)])
+    head = write(tmp_path / "h.json", [(n, r, metadata(n))
+                                       for n, r in zip(names, h_runs, strict=True)])
+    c = compare_files(base, head, n_boot=500)
+    assert (c.rows["unit"] == "process").all()
+    assert (c.rows["base_runs"] == 4).all() and (c.rows["base_n"] == 20).all()
+    wrong = int((c.rows["verdict"] != "no significant change").sum())
+    assert wrong <= 5, c.rows[c.rows["verdict"] != "no significant change"]
+    assert not any("pooled" in n for n in c.notes)
+
+    pooled_b = write(tmp_path / "pb.json", [(n, [[v for run in r for v in run]], metadata(n))
+                                            for n, r in zip(names, b_runs, strict=True)])
+    pooled_h = write(tmp_path / "ph.json", [(n, [[v for run in r for v in run]], metadata(n))
+                                            for n, r in zip(names, h_runs, strict=True)])
+    naive = compare_files(pooled_b, pooled_h, n_boot=500)
+    assert (naive.rows["unit"] == "value").all()
+    assert int((naive.rows["verdict"] != "no significant change").sum()) >= 4 * max(wrong, 3)
+    assert any("single worker process" in n and "pooled" in n for n in naive.notes)
+
+
+def test_slowdown_of_every_process_is_detected_with_4_vs_4(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, process_draw(1, 4, 5, between=0.05),
+                      process_draw(2, 4, 5, between=0.05, scale=1.5e-3))
+    row = only_row(compare_files(base, head))
+    assert row["unit"] == "process" and (row["base_runs"], row["head_runs"]) == (4, 4)
+    assert math.isclose(row["p_value"], 2 / math.comb(8, 4))  # complete separation
+    assert row["verdict"] == "slower" and row["gates"]
+    assert 1 < row["ratio_lo"] < row["ratio"] < row["ratio_hi"]
+    assert "4x5" in compare_files(base, head).format("text")
+
+
+def test_three_processes_a_side_cannot_gate_and_say_so(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, process_draw(3, 3, 5, between=0.01),
+                      process_draw(4, 3, 5, between=0.01, scale=2e-3))
+    c = compare_files(base, head)
+    row = only_row(c)
+    assert row["ratio"] > 1.9 and math.isclose(row["p_value"], 0.1)
+    assert row["verdict"] == "no significant change" and c.exit_status() == 0
+    assert any("3 vs 3 processes" in n and "cannot reach" in n for n in c.notes)
+
+
+def test_two_stage_bootstrap_keeps_each_process_length() -> None:
+    from pinning.compare import _boot_runs
+
+    # one process of a single value 1.0, one of many values 3.0: every replicate's
+    # per-process medians are 1 or 3, so their median is 1, 2 or 3
+    runs = [np.array([1.0]), np.full(9, 3.0)]
+    reps = _boot_runs(runs, 400, np.random.default_rng(0))
+    assert set(np.unique(reps)) == {1.0, 2.0, 3.0}
+    # within-process resampling: a process of spread values gives spread replicates
+    spread = [np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0])]
+    reps = _boot_runs(spread, 400, np.random.default_rng(0))
+    assert reps.min() < 2.0 < reps.max()
+
+
 def test_geomean_and_deterministic_intervals(tmp_path: Path) -> None:
     names = ["a/slow", "b/fast", "c/same"]
     scales = [1.2e-3, 0.8e-3, 1e-3]
@@ -313,7 +385,7 @@ def test_text_output(slow: Comparison) -> None:
     text = slow.format("text")
     lines = text.splitlines()
     assert "MEASURED" in text and "MODELLED" in text
-    assert "Mann-Whitney U" in text and "95 % percentile bootstrap CI" in text
+    assert "Mann-Whitney U" in text and "95 % two-stage bootstrap CI" in text
     assert "ratio of medians exceeds 1.05 (threshold 5 %)" in text
     header = next(ln for ln in lines if ln.startswith("benchmark "))
     row = next(ln for ln in lines if ln.startswith(NAME))
