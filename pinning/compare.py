@@ -18,8 +18,11 @@ values as independent would call that between-process noise significant. So:
 
 The bootstrap has ``n_boot`` replicates and its generator is seeded from ``seed`` and
 the benchmark's name, so a result does not depend on which other benchmarks are in the
-files. A change is **significant** when the CI (level 1 - ``alpha``) excludes 1 *and*
-p < ``alpha``, both on the same side of 1: "slower" or "faster", else "no significant
+files. A suite tests many benchmarks at once, so the p-values are Holm-Bonferroni
+adjusted over the benchmarks compared (``p_holm``): an A/A comparison then fails with
+probability <= ``alpha`` however many benchmarks the suite has. A change is
+**significant** when the CI (level 1 - ``alpha``) excludes 1 *and* ``p_holm`` <
+``alpha``, both on the same side of 1: "slower" or "faster", else "no significant
 change". A benchmark **gates** when it is "slower" and its ratio exceeds 1 + ``threshold``.
 
 Neither test assumes equal sample sizes, unlike ``pyperf compare_to``, whose t-test
@@ -59,8 +62,8 @@ __all__ = ["VERDICTS", "Comparison", "compare_files", "main", "parse_threshold"]
 VERDICTS = ("faster", "slower", "no significant change")
 FORMATS = ("text", "md", "json")
 ROW_COLUMNS = ("name", "base_median_s", "head_median_s", "base_n", "head_n", "base_runs",
-               "head_runs", "unit", "ratio", "ratio_lo", "ratio_hi", "p_value", "verdict",
-               "gates")
+               "head_runs", "unit", "ratio", "ratio_lo", "ratio_hi", "p_value", "p_holm",
+               "verdict", "gates")
 #: The unit of the statistics: per-process medians, or (a side with one process) values.
 UNITS = ("process", "value")
 MODEL_COLUMNS = ("name", "key", "base", "head")
@@ -137,7 +140,8 @@ class Comparison:
                 f"two-stage bootstrap CI ({self.n_boot} resamples of processes, then of values "
                 f"within them; seed {self.seed}); significant when the CI excludes 1 and the "
                 f"two-sided Mann-Whitney U test of the per-process medians gives "
-                f"p < {_num(self.alpha)} (a side with one process: its values, pooled)")
+                f"p < {_num(self.alpha)} after Holm's adjustment over the benchmarks "
+                f"(a side with one process: its values, pooled)")
 
     def gating_rule(self) -> str:
         """One sentence stating when a benchmark gates."""
@@ -164,7 +168,7 @@ class Comparison:
 
     def _measured_table(self, markers: bool) -> tuple[list[str], list[list[str]]]:
         header = ["benchmark", "base median", "head median", "n base", "n head", "head/base",
-                  f"{self._conf()} CI", "p", "verdict"]
+                  f"{self._conf()} CI", "p", "p Holm", "verdict"]
         # n is "processes x values per process" (or the total when they differ)
         body = []
         for r in self.rows.itertuples(index=False):
@@ -177,6 +181,7 @@ class Comparison:
                          _n_text(r.base_runs, r.base_n), _n_text(r.head_runs, r.head_n),
                          _ratio(r.ratio),
                          f"[{_ratio(r.ratio_lo)}, {_ratio(r.ratio_hi)}]", _p(r.p_value),
+                         _p(r.p_holm),
                          verdict])
         return header, body
 
@@ -211,7 +216,7 @@ class Comparison:
                f"Test: {self.test_description()}.",
                f"Gate: {self.gating_rule()}.",
                ""]
-        out += _aligned(*self._measured_table(markers=False), right=range(1, 8))
+        out += _aligned(*self._measured_table(markers=False), right=range(1, 9))
         out += ["", f"Measured {self._geomean_line()}."]
         if self.only_base:
             out.append(f"Only in base ({len(self.only_base)}): {', '.join(self.only_base)}")
@@ -244,16 +249,16 @@ class Comparison:
                ""]
         header, body = self._measured_table(markers=True)
         if len(body) <= MD_ROWS:
-            out += _md_table(header, body, right=range(1, 8))
+            out += _md_table(header, body, right=range(1, 9))
         else:  # a long suite: the significant changes in view, every benchmark folded
             changed = [r for r, v in zip(body, self.rows["verdict"], strict=True)
                        if v != "no significant change"]
             if changed:
-                out += _md_table(header, changed, right=range(1, 8))
+                out += _md_table(header, changed, right=range(1, 9))
             else:
                 out.append("No significant change.")
             out += ["", f"<details><summary>All {len(body)} benchmarks</summary>", ""]
-            out += _md_table(header, body, right=range(1, 8))
+            out += _md_table(header, body, right=range(1, 9))
             out += ["", "</details>"]
         out += ["", f"{_cap(_md(self._geomean_line()))}."]
         if self.only_base:
@@ -364,7 +369,7 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
     for name in common:
         row, boot = _compare_values(name, _run_values(b_benches[name]),
                                     _run_values(h_benches[name]), n_boot=n_boot, seed=seed,
-                                    alpha=alpha, threshold=threshold)
+                                    alpha=alpha)
         rows.append(row)
         if boot is not None:
             log_boot.append(np.log(boot))
@@ -374,6 +379,7 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
     frame = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     frame = frame.astype({"base_n": "int64", "head_n": "int64", "base_runs": "int64",
                           "head_runs": "int64", "gates": bool})
+    _verdicts(frame, alpha, threshold)
 
     valid = frame["ratio"].notna() & (frame["ratio"] > 0)
     if valid.any() and log_boot:
@@ -401,9 +407,10 @@ def _run_values(bench: pyperf.Benchmark) -> list[np.ndarray]:
 
 
 def _compare_values(name: str, base: Sequence[np.ndarray], head: Sequence[np.ndarray], *,
-                    n_boot: int, seed: int, alpha: float, threshold: float
+                    n_boot: int, seed: int, alpha: float
                     ) -> tuple[dict[str, Any], np.ndarray | None]:
-    """One benchmark's row and its bootstrap replicates of the ratio (None if not compared).
+    """One benchmark's row (verdict not yet set: :func:`_verdicts`) and its bootstrap
+    replicates of the ratio (None if not compared).
 
     ``base`` and ``head`` hold one array of values per worker process.
     """
@@ -413,8 +420,8 @@ def _compare_values(name: str, base: Sequence[np.ndarray], head: Sequence[np.nda
                            "head_runs": len(head), "unit": UNITS[0] if hier else UNITS[1],
                            "base_median_s": math.nan, "head_median_s": math.nan,
                            "ratio": math.nan, "ratio_lo": math.nan, "ratio_hi": math.nan,
-                           "p_value": math.nan, "verdict": "no significant change",
-                           "gates": False}
+                           "p_value": math.nan, "p_holm": math.nan,
+                           "verdict": "no significant change", "gates": False}
     if not base or not head:
         return row, None
     if hier:
@@ -436,15 +443,31 @@ def _compare_values(name: str, base: Sequence[np.ndarray], head: Sequence[np.nda
     p = float(sps.mannwhitneyu(h_units, b_units, alternative="two-sided").pvalue)
     if not math.isfinite(p):  # every value equal on both sides
         p = 1.0
-    if p < alpha and lo > 1 and ratio > 1:
-        verdict = "slower"
-    elif p < alpha and hi < 1 and ratio < 1:
-        verdict = "faster"
-    else:
-        verdict = "no significant change"
-    row.update(ratio=ratio, ratio_lo=float(lo), ratio_hi=float(hi), p_value=p, verdict=verdict,
-               gates=verdict == "slower" and ratio > 1 + threshold)
+    row.update(ratio=ratio, ratio_lo=float(lo), ratio_hi=float(hi), p_value=p)
     return row, boot
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN): family-wise error control."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order]) if m else np.array([])
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def _verdicts(frame: pd.DataFrame, alpha: float, threshold: float) -> None:
+    """Set p_holm, verdict and gates of every row (in place)."""
+    frame["p_holm"] = holm(frame["p_value"].to_numpy())
+    sig = frame["p_holm"] < alpha
+    slower = sig & (frame["ratio_lo"] > 1) & (frame["ratio"] > 1)
+    faster = sig & (frame["ratio_hi"] < 1) & (frame["ratio"] < 1)
+    frame["verdict"] = np.where(slower, "slower",
+                                np.where(faster, "faster", "no significant change"))
+    frame["gates"] = slower & (frame["ratio"] > 1 + threshold)
 
 
 def _boot_medians(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
