@@ -287,10 +287,12 @@ def _write_text(path: Path, text: str) -> None:
 # -- A/A noise floor ------------------------------------------------------------------------
 
 def suggest_threshold(deviations: Sequence[float]) -> float:
-    """The threshold an A/A run suggests: 2 x the 95th percentile of |ratio - 1|.
+    """The threshold a *pooled* A/A run suggests: 2 x the 95th percentile of |ratio - 1|.
 
     Rounded up to a whole percent, at least 1 %. The percentile interpolates
     linearly (numpy's default), so with few benchmarks it is close to the largest.
+    Used when a side had a single worker process, whose verdicts cannot account for
+    variance between processes, so only a threshold above the ratios' spread protects.
     """
     import numpy as np
 
@@ -298,23 +300,40 @@ def suggest_threshold(deviations: Sequence[float]) -> float:
     if devs.size == 0:
         return math.nan
     p95 = float(np.percentile(devs, 95))
-    return max(1, math.ceil(round(2 * p95 * 100, 9))) / 100
+    return _whole_pct(2 * p95)
+
+
+def _whole_pct(fraction: float) -> float:
+    return max(1, math.ceil(round(fraction * 100, 9))) / 100
 
 
 def noise_floor(rows) -> dict[str, object]:
-    """The noise of an A/A comparison's rows (``name``, ``ratio``, ``ratio_lo``, ``ratio_hi``).
+    """The noise of an A/A comparison's rows (``name``, ``ratio``, ``ratio_lo``, ``ratio_hi``,
+    optionally ``unit`` and ``verdict`` from :func:`pinning.compare.compare_files`).
 
     Returns ``max_dev`` / ``max_dev_name`` (largest |ratio - 1|), ``p95_dev``,
-    ``max_halfwidth`` / ``max_halfwidth_name`` (widest CI half-width of the
-    ratio) and ``threshold`` (:func:`suggest_threshold`).
+    ``max_halfwidth`` / ``max_halfwidth_name`` (widest CI half-width of the ratio),
+    ``n_significant`` and ``threshold``. When every row used the process as its unit the
+    verdicts already account for between-process noise (and Holm for the number of
+    benchmarks), so the threshold is the smallest whole percent (>= 1 %) above every
+    significant |ratio - 1| of the A/A -- the least with which it passes; otherwise
+    :func:`suggest_threshold` of the spread.
     """
     import numpy as np
 
     dev = (rows["ratio"].astype(float) - 1.0).abs()
     half = (rows["ratio_hi"].astype(float) - rows["ratio_lo"].astype(float)) / 2
+    hier = "unit" in rows and bool((rows["unit"] == "process").all())
+    sig = (rows["verdict"] != "no significant change") if "verdict" in rows else dev < 0
+    if hier:
+        worst = float(dev[sig].max()) if sig.any() else 0.0
+        threshold = _whole_pct(worst + 1e-9) if sig.any() else 0.01
+    else:
+        threshold = suggest_threshold(dev)
     out: dict[str, object] = {"n": len(rows), "max_dev": math.nan, "max_dev_name": "-",
                               "p95_dev": math.nan, "max_halfwidth": math.nan,
-                              "max_halfwidth_name": "-", "threshold": suggest_threshold(dev)}
+                              "max_halfwidth_name": "-", "n_significant": int(sig.sum()),
+                              "per_process": hier, "threshold": threshold}
     if dev.notna().any():
         i = dev.idxmax()
         out |= {"max_dev": float(dev[i]), "max_dev_name": rows.loc[i, "name"],
@@ -330,12 +349,19 @@ def format_noise(noise: dict[str, object], threshold: float, level: str = "95 %"
     def pct(x: object) -> str:
         return "n/a" if isinstance(x, float) and math.isnan(x) else f"{float(x) * 100:.2f} %"
 
-    items = [("largest |ratio - 1|", f"{pct(noise['max_dev'])}  ({noise['max_dev_name']})"),
+    if noise.get("per_process"):
+        rule = ("the least whole percent above every significant |ratio - 1|, >= 1 %: "
+                "per-process statistics, Holm-adjusted")
+    else:
+        rule = ("2 x the 95th percentile of |ratio - 1|, rounded up to a whole percent, "
+                ">= 1 %: a side had one process, so verdicts ignore between-process noise")
+    items = [("significant (should be ~none)",
+              f"{noise.get('n_significant', 0)} of {noise['n']}"),
+             ("largest |ratio - 1|", f"{pct(noise['max_dev'])}  ({noise['max_dev_name']})"),
              ("95th percentile of |ratio - 1|", pct(noise["p95_dev"])),
              (f"widest {level} CI half-width",
               f"{pct(noise['max_halfwidth'])}  ({noise['max_halfwidth_name']})"),
-             ("suggested threshold", f"{pct(noise['threshold'])}  (2 x the 95th percentile "
-                                     "of |ratio - 1|, rounded up to a whole percent, >= 1 %)")]
+             ("suggested threshold", f"{pct(noise['threshold'])}  ({rule})")]
     lines = [f"noise floor (A/A: the same commit twice, {noise['n']} benchmarks, measured)",
              *(f"  {label:<32}{value}" for label, value in items)]
     suggested = noise["threshold"]
@@ -344,8 +370,6 @@ def format_noise(noise: dict[str, object], threshold: float, level: str = "95 %"
                      f"use --threshold {float(suggested) * 100:g}% or more")
     return "\n".join(lines)
 
-
-# -- main -----------------------------------------------------------------------------------
 
 def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
          outdir: str | Path | None = None, aa: bool = False, threshold: float = 0.05,

@@ -256,6 +256,13 @@ def test_suggested_threshold_rule():
     assert noise["threshold"] == 0.06
     text = branches.format_noise(noise, 0.05)
     assert "suggested threshold" in text and "6.00 %" in text and "below this noise" in text
+    # per-process rows: verdicts already carry the noise; the least threshold that passes
+    rows = rows.assign(unit="process", verdict=["no significant change", "faster"])
+    noise = branches.noise_floor(rows)
+    assert noise["per_process"] and noise["n_significant"] == 1
+    assert noise["threshold"] == 0.04  # above |0.97 - 1|
+    clean = branches.noise_floor(rows.assign(verdict="no significant change"))
+    assert clean["threshold"] == 0.01 and "0 of 2" in branches.format_noise(clean, 0.05)
 
 
 def test_setup_failure_cleans_up(repo, tmpdir_empty, suite_file, monkeypatch):
