@@ -19,8 +19,10 @@ import ctypes
 import errno
 import functools
 import math
+import operator
 import os
 import platform
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -365,6 +367,8 @@ class _Vm:
         self.ram_size = 0
         self.ram_locked = False
         self.sys = 0
+        self.vm_stats: _Stats | None = None
+        self.vcpu_stats: _Stats | None = None  # descriptors of vCPU 0, valid for all
 
     # resources -----------------------------------------------------------------------
     def map_ram(self, size: int, backing: str) -> None:
@@ -375,11 +379,13 @@ class _Vm:
         _check(_libc.madvise(self.ram, size, advice), "madvise(guest RAM)")
 
     def _release_ram(self) -> None:
-        if self.ram_locked:
-            _check(_libc.munlock(self.ram, self.ram_size), "munlock(guest RAM)")
-            self.ram_locked = False
-        _check(_libc.munmap(self.ram, self.ram_size), "munmap(guest RAM)")
-        self.ram = 0
+        try:
+            if self.ram_locked:
+                self.ram_locked = False
+                _check(_libc.munlock(self.ram, self.ram_size), "munlock(guest RAM)")
+        finally:
+            _check(_libc.munmap(self.ram, self.ram_size), "munmap(guest RAM)")
+            self.ram = 0
 
     def map_system(self, layout: guest.SystemLayout, table: np.ndarray | None) -> None:
         addr = _mmap_anon(layout.size)
@@ -577,9 +583,9 @@ def _run_vcpus(vm: _Vm) -> tuple[int, int]:
         t.start()
     vm.join_threads()
     errors = [v.error for v in vm.vcpus if v.error is not None]
-    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
-    if real or errors:
-        raise (real or errors)[0]
+    if errors:  # the first real one; the others only saw the barrier broken
+        errors.sort(key=lambda e: isinstance(e, threading.BrokenBarrierError))
+        raise errors[0]
     first_insn_ns = max(v.t_first_out for v in vm.vcpus) - marks["start"]
     touch_ns = max(v.t_done for v in vm.vcpus) - marks["release"]
     return first_insn_ns, touch_ns
@@ -629,6 +635,16 @@ class KvmRun:
         return d
 
 
+def _integer(value: Any) -> int | None:
+    """``value`` as an int if it is an integer (also a numpy one) and not a bool."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _mem_available() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -644,10 +660,9 @@ def _validate(guest_size: int, strategy: str, backing: str, vcpus: int, touch_fr
                                  ("pattern", pattern, PATTERNS), ("host", host, HOSTS)):
         if value not in allowed:
             raise InputError(f"unknown {what} {value!r} (expected one of {', '.join(allowed)})")
-    if (not isinstance(guest_size, int) or guest_size <= 0
-            or guest_size % guest.HUGE_SIZE):
+    if _integer(guest_size) is None or guest_size <= 0 or guest_size % guest.HUGE_SIZE:
         raise InputError(f"guest size {guest_size!r} must be a positive multiple of 2MiB")
-    if not isinstance(vcpus, int) or not 1 <= vcpus <= MAX_VCPUS:
+    if _integer(vcpus) is None or not 1 <= vcpus <= MAX_VCPUS:
         raise InputError(f"vcpus {vcpus!r} must be between 1 and {MAX_VCPUS}")
     if not 0 < touch_fraction <= 1:
         raise InputError(f"touch_fraction {touch_fraction!r} must be in (0, 1]")
@@ -682,13 +697,13 @@ def run_vm(guest_size: int, *, strategy: str = "demand", backing: str = "4k", vc
     if reason:
         raise InputError(reason)
 
+    guest_size, vcpus = int(guest_size), int(vcpus)
     npages = guest_size // PAGE_SIZE
     n = min(npages, max(1, round(touch_fraction * npages)))
-    bounds = [i * n // vcpus for i in range(vcpus + 1)]
-    table = None
+    bounds = [i * n // vcpus for i in range(vcpus + 1)]  # vCPU i: list[bounds[i]:bounds[i+1]]
+    table = None  # random: the touched gfns in touch order, read by the guest
     if pattern == "random":
-        gfns = np.random.default_rng(seed).permutation(npages)[:n].astype(np.uint32)
-        table = gfns
+        table = np.random.default_rng(seed).permutation(npages)[:n].astype(np.uint32)
     layout = guest.SystemLayout.compute(guest_size, vcpus, n if table is not None else 0)
     regs = []
     for i in range(vcpus):
@@ -718,9 +733,12 @@ def run_vm(guest_size: int, *, strategy: str = "demand", backing: str = "4k", vc
             if error is None:
                 if _mlock(vm.ram, guest_size) < 0:
                     e = ctypes.get_errno()
+                    limit = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+                    limit_text = "unlimited" if limit == resource.RLIM_INFINITY else (
+                        format_size(limit))
                     error = (f"mlock of {format_size(guest_size)} of guest RAM failed: "
-                             f"{errno.errorcode.get(e, e)} ({os.strerror(e)}; "
-                             "RLIMIT_MEMLOCK or CAP_IPC_LOCK)")
+                             f"{errno.errorcode.get(e, e)} ({os.strerror(e)}); without "
+                             f"CAP_IPC_LOCK RLIMIT_MEMLOCK ({limit_text}) limits it")
                 else:
                     vm.ram_locked = True
                 lock_ns = time.perf_counter_ns() - t1
@@ -783,9 +801,9 @@ def exit_round_trip_ns(iterations: int = 20000) -> float:
     """Mean cost (not a median) of one guest `out` → KVM_EXIT_IO → KVM_RUN re-entry round
     trip, measured with a tiny guest in a loop. Includes the Python/ctypes call of
     ioctl(KVM_RUN) made by this VMM for each exit."""
-    if not isinstance(iterations, int) or iterations < 1:
+    if _integer(iterations) is None or iterations < 1:
         raise InputError(f"iterations {iterations!r} must be a positive integer")
     reason = kvm_unavailable()
     if reason:
         raise InputError(reason)
-    return _round_trips(iterations)
+    return _round_trips(int(iterations))
