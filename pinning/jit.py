@@ -17,7 +17,8 @@ F = TypeVar("F", bound=Callable)
 # running the stale machine code of a changed kernel in another (numba issue
 # #1833). Keying the cache directory by all of them together avoids that.
 KERNEL_MODULES = (
-    "jit.py", "kernels.py", "vcpu_kernels.py", "pattern_kernels.py", "hostmem.py")
+    "jit.py", "kernels.py", "vcpu_kernels.py", "pattern_kernels.py", "hostmem.py",
+    "calibrate_kernels.py")
 
 
 def _cache_dir() -> str:
