@@ -124,8 +124,9 @@ def _fmt(ns: float) -> str:
 
 
 def _size(nbytes: int) -> str:
-    return f"{nbytes >> 30} GiB" if nbytes >= 1 << 30 and nbytes % (1 << 30) == 0 \
-        else f"{nbytes >> 20} MiB"
+    if nbytes >= 1 << 30 and nbytes % (1 << 30) == 0:
+        return f"{nbytes >> 30} GiB"
+    return f"{nbytes >> 20} MiB"
 
 
 def _summary(values: Sequence[float]) -> tuple[float, tuple[float, float], str]:
@@ -222,7 +223,11 @@ def _clflush(plan: _Plan) -> tuple[list[float], str]:
 
     if not CK.CAN_FLUSH:
         raise _NotMeasured("the JIT is off (NUMBA_DISABLE_JIT): plain Python cannot flush")
-    use_opt = "clflushopt" in _cpu_flags()
+    flags = _cpu_flags()
+    # The intrinsics are x86 instructions: LLVM aborts the process on a CPU without them.
+    if platform.machine() not in ("x86_64", "AMD64") or not flags & {"clflush", "clflushopt"}:
+        raise _NotMeasured(f"this CPU ({platform.machine()}) has no CLFLUSH/CLFLUSHOPT")
+    use_opt = "clflushopt" in flags
     flush = CK.flush_pages_clflushopt if use_opt else CK.flush_pages_clflush
     insn = "CLFLUSHOPT" if use_opt else "CLFLUSH"
     n = plan.host_bytes
