@@ -47,7 +47,7 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from pinning.levels import InputError
@@ -441,9 +441,17 @@ def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
 
 
 def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path) -> None:
-    """Each benchmark on both sides, alternating which side goes first."""
+    """Each benchmark on both sides, one worker process at a time, alternating the sides.
+
+    The worker process is the unit of ``compare``'s statistics, so the sides alternate
+    process by process (A B, B A, A B, ...): a burst of load on this shared machine then
+    lands on both sides' processes alike instead of on all of one side's. A side's
+    processes of a benchmark are merged into one pyperf benchmark afterwards.
+    """
     configs = suite.benchmarks
     total = len(configs)
+    rounds = max(1, suite.processes)
+    one = replace(suite, processes=1)
     (tmp / "suites").mkdir()
     for side in (base, head):
         (tmp / "parts" / side.label).mkdir(parents=True)
@@ -451,13 +459,35 @@ def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path) -> None:
     for i, config in enumerate(configs, start=1):
         name = config.name
         suite_file = tmp / "suites" / f"{i}.toml"
-        suite_file.write_text(one_bench_toml(suite, config))
-        order = (base, head) if i % 2 else (head, base)
-        for side in order:
-            part = tmp / "parts" / side.label / f"{i}.json"
-            outcome = _run_bench(side, name, suite_file, part, cwd)
-            print(f"[{i}/{total}] {name}  {side.display}: {outcome}", file=sys.stderr,
-                  flush=True)
+        suite_file.write_text(one_bench_toml(one, config))
+        rounds_done: dict[str, list[Path]] = {base.label: [], head.label: []}
+        for r in range(rounds):
+            order = (base, head) if (i + r) % 2 else (head, base)
+            for side in order:
+                if name in side.failed:
+                    continue
+                part = tmp / "parts" / side.label / f"{i}.{r}.json"
+                outcome = _run_bench(side, name, suite_file, part, cwd)
+                if name in side.parts:
+                    rounds_done[side.label].append(side.parts.pop(name))
+                where = f" (process {r + 1}/{rounds})" if rounds > 1 else ""
+                print(f"[{i}/{total}] {name}  {side.display}{where}: {outcome}",
+                      file=sys.stderr, flush=True)
+        for side in (base, head):
+            done = rounds_done[side.label]
+            if name not in side.failed and done:
+                side.parts[name] = _merge_runs(done, tmp / "parts" / side.label / f"{i}.json")
+
+
+def _merge_runs(parts: Sequence[Path], output: Path) -> Path:
+    """One benchmark holding the runs (worker processes) of every part file."""
+    import pyperf
+
+    bench = pyperf.Benchmark.load(str(parts[0]))
+    for part in parts[1:]:
+        bench.add_runs(pyperf.Benchmark.load(str(part)))
+    bench.dump(str(output), replace=True)
+    return output
 
 
 def _finish(suite: Suite, base: Side, head: Side, out: Path, threshold: float, aa: bool,

@@ -351,6 +351,31 @@ def test_failing_benchmark_is_named_left_out_and_cleaned_up(repo, tmpdir_empty, 
 
 
 @needs_jit
+def test_sides_alternate_process_by_process(repo, tmpdir_empty, tmp_path, capsys):
+    # processes = 2: each side's worker processes run one at a time, A B then B A, and
+    # each side's results hold both processes as runs of one benchmark
+    suite = tmp_path / "two.toml"
+    suite.write_text(TINY_SUITE.replace("processes = 1", "processes = 2")
+                     .replace('workload = ["startup", "teardown"]', 'workload = "startup"')
+                     .replace("values = 5", "values = 2"))
+    out = tmp_path / "out"
+    status = branches.main("main", "slow", suite=str(suite), repo=repo, deps="current",
+                           outdir=out, threshold=0.2)
+    std = capsys.readouterr()
+    assert status in (0, 1), std.out + std.err
+    lines = [ln for ln in std.err.splitlines() if ln.startswith("[1/1]")]
+    sides = [(ln.split("  ", 1)[1].split()[0], "process 1/2" in ln) for ln in lines]
+    assert sides == [("base", True), ("head", True), ("head", False), ("base", False)]
+    import pyperf
+
+    for side in ("base", "head"):
+        bench = pyperf.BenchmarkSuite.load(str(out / f"{side}.json")).get_benchmarks()[0]
+        assert bench.get_nrun() == 2 and len(bench.get_values()) == 4
+    assert "2x2" in (out / "compare.txt").read_text()
+    assert_clean(repo, tmpdir_empty)
+
+
+@needs_jit
 def test_ctrl_c_cleans_up_and_names_what_finished(repo, tmpdir_empty, suite_file, tmp_path,
                                                   monkeypatch, capsys):
     real = branches._run_bench
