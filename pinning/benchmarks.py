@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from pinning import __version__
 from pinning.levels import InputError, format_size, parse_size
@@ -11,7 +12,7 @@ from pinning.suite import SCHEMA_VERSION, BenchConfig
 
 # Options every bench script takes (besides pyperf's own); forwarded to workers.
 OPTIONS = ("strategy", "guest_size", "level", "vcpus", "pattern", "layout", "touch_fraction",
-           "seed", "backing", "remap_fraction", "cost_profile", "suite")
+           "seed", "backing", "remap_fraction", "host", "cost_profile", "suite")
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--backing", default="sim")
     g.add_argument("--remap-fraction", type=float, default=0.1)
+    g.add_argument("--host", default="warm", help="warm or cold host memory (real backings)")
     g.add_argument("--cost-profile", default=None, help="cost profile TOML (default: builtin)")
     g.add_argument("--suite", default="adhoc", help="suite name recorded in the metadata")
 
@@ -46,7 +48,7 @@ def config_from_args(family: str, args: argparse.Namespace) -> BenchConfig:
         guest_size=parse_size(args.guest_size, "guest size"), level=args.level,
         vcpus=args.vcpus, pattern=args.pattern, layout=args.layout,
         touch_fraction=args.touch_fraction, seed=args.seed, backing=args.backing,
-        remap_fraction=args.remap_fraction)
+        remap_fraction=args.remap_fraction, host=args.host)
     config.check()
     return config
 
@@ -61,11 +63,14 @@ def main(family: str) -> None:
     try:
         config = config_from_args(family, args)
         from pinning.costs import load_profile
-        from pinning.lifecycle import config_bytes, run_lifecycle
+        from pinning.lifecycle import backing_unavailable, config_bytes, run_lifecycle
         from pinning.sim import check_fits
 
         profile = load_profile(args.cost_profile)
         check_fits(config_bytes(config), f"{config.name} ({format_size(config.guest_size)})")
+        missing = backing_unavailable(config)
+        if missing:
+            raise InputError(missing)
     except InputError as exc:
         print(f"{family}: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -91,7 +96,11 @@ def main(family: str) -> None:
         workload = build_workload(config)
         # Untimed: loads the cached kernels (no JIT in the timed region) and
         # records the run's events, which are the same in every run.
-        metadata.update(lifecycle_metadata(config, run_lifecycle(config, profile, workload)))
+        model = None
+        if config.backing == "kvm":  # the model's prediction for the same configuration
+            model = run_lifecycle(replace(config, backing="sim", host="warm"), profile, workload)
+        metadata.update(lifecycle_metadata(config, run_lifecycle(config, profile, workload),
+                                           model))
         metadata["pinbench.events_run_s"] = time.perf_counter() - t0
     else:
         workload = None

@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--touch-fraction", type=_fraction, default=1.0, metavar="F",
                      help="fraction of the guest's units a pattern touches (default 1)")
     sim.add_argument("--seed", type=_seed, default=0, help="seed of the random pattern")
+    sim.add_argument("--vcpus", type=int, default=1,
+                     help="vCPUs touching memory with --backing real or --backend kvm")
+    sim.add_argument("--backing", default="sim", choices=("sim", "real"),
+                     help="guest memory of the model: the sim's arrays only (default), or "
+                          "also a real anonymous mapping (populate + mlock at upfront "
+                          "startup, real first-touch faults under demand)")
+    sim.add_argument("--backend", default="model", choices=("model", "kvm"),
+                     help="who runs the guest: the model (default) or a real KVM VM "
+                          "through /dev/kvm (the model's events are printed beside it)")
+    sim.add_argument("--host", default="warm", choices=("warm", "cold"),
+                     help="host memory before a real run: warmed right before (default) or "
+                          "left idle so the hypervisor below reclaims it")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
 
@@ -105,12 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("results", nargs="+", metavar="RESULT.json")
     rep.add_argument("-o", "--output", default="report", metavar="DIR",
                      help="directory to write into (default ./report)")
+    rep.add_argument("--profile", action="append", default=[], metavar="PROFILE.toml",
+                     help="a cost profile (e.g. from pinbench calibrate) to set against the "
+                          "published boot times beside the default; repeatable")
     rep.set_defaults(func=cmd_report)
 
     cmp = sub.add_parser(
         "compare", help="compare two results files with statistics; exit 1 on a regression",
-        description="Compare every benchmark two results files share: medians, ratio with a "
-        "95%% bootstrap CI, Mann-Whitney U, verdict; modelled metrics exactly. Exit 0 when no "
+        description="Compare every benchmark two results files share: medians of per-process "
+        "medians, ratio with a 95%% two-stage bootstrap CI, Mann-Whitney U on per-process "
+        "medians, Holm-adjusted over the benchmarks, verdict; modelled metrics exactly. "
+        "Exit 0 when no "
         "benchmark is significantly slower by more than the threshold, 1 when one is, "
         "2 for unusable input.")
     cmp.add_argument("base", metavar="BASE.json")
@@ -152,7 +169,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``pinbench report``: write the report files and print their paths."""
     from pinning.report import main as report_main
 
-    return report_main(args.results, args.output)
+    return report_main(args.results, args.output, args.profile)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -232,6 +249,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``pinbench simulate``: one modelled lifecycle."""
+    if args.backing != "sim" or args.backend != "model":
+        return _simulate_real(args)
+    if args.vcpus != 1 or args.host != "warm":
+        raise InputError("--vcpus and --host apply to --backing real and --backend kvm")
     from pinning.sim import simulate, warm_up
 
     guest_pages = guest_pages_for(args.guest_size, args.level)
@@ -257,6 +278,48 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_real(args: argparse.Namespace) -> int:
+    """simulate on real memory or a real VM: one lifecycle through pinning.lifecycle."""
+    from pinning.costs import load_profile
+    from pinning.lifecycle import backing_unavailable, config_bytes, run_lifecycle
+    from pinning.sim import check_fits, warm_up
+    from pinning.suite import BenchConfig
+
+    if args.trace or args.memlock_limit is not None:
+        raise InputError("--trace and --memlock-limit run on the sim only (drop --backing "
+                         "real / --backend kvm)")
+    backing = "kvm" if args.backend == "kvm" else "real"
+    config = BenchConfig("lifecycle", args.strategy, args.guest_size, args.level,
+                         vcpus=args.vcpus, pattern=args.pattern,
+                         touch_fraction=args.touch_fraction, seed=args.seed,
+                         backing=backing, host=args.host)
+    config.check()
+    check_fits(config_bytes(config), config.name)
+    missing = backing_unavailable(config)
+    if missing:
+        raise InputError(missing)
+    warm_up()
+    profile = load_profile()
+    res = run_lifecycle(config, profile)
+    model = res
+    if backing == "kvm":  # the model's events for the same configuration
+        from dataclasses import replace
+
+        model = run_lifecycle(replace(config, backing="sim", host="warm"), profile)
+    counters: dict[str, int] = {}
+    for events in model.events.values():
+        for name, value in events.items():
+            counters[name] = (max(counters.get(name, 0), value) if name.endswith(("_peak",
+                              "_end", "leaked_refs")) else counters.get(name, 0) + value)
+    out = {"strategy": config.strategy, "level": config.level,
+           "guest_pages": config.guest_pages, "backing": backing, "host": config.host,
+           **counters, "error": res.error, "elapsed_ns": dict(res.elapsed_ns)}
+    if res.kvm:
+        out["kvm"] = res.kvm
+    print(json.dumps(out) if args.json else format_result(out))
+    return 0
+
+
 def format_result(res: dict) -> str:
     """A readable table of one ``simulate`` result."""
     from pinning.kernels import COUNTER_NAMES
@@ -273,9 +336,21 @@ def format_result(res: dict) -> str:
         extra = f"  ({format_size(value)})" if name.endswith("_bytes") and value else ""
         lines.append(f"  {name:<26}{value:>16,}{extra}")
     lines.append("")
-    lines.append("wall time of the simulation (measured)")
+    what = {"real": "the simulation on real host memory", "kvm": "a real KVM guest"}
+    host = f", {res['host']} host" if "host" in res else ""
+    lines.append(f"wall time of {what.get(res.get('backing', ''), 'the simulation')}"
+                 f"{host} (measured)")
     for phase, ns in res["elapsed_ns"].items():
         lines.append(f"  {phase:<26}{ns / 1e6:>13.3f} ms")
+    kvm = res.get("kvm") or {}
+    if kvm:
+        lines.append("")
+        lines.append("kvm: the VM's phases and KVM's statistics (measured)")
+        for key, value in kvm.items():
+            if key.endswith("_ns") and isinstance(value, int | float):
+                lines.append(f"  {key:<26}{value / 1e6:>13.3f} ms")
+        for name, value in (kvm.get("stats") or {}).items():
+            lines.append(f"  {name:<26}{value:>16,}")
     return "\n".join(lines)
 
 

@@ -51,3 +51,16 @@ def random_update(a, index):
     """``a[index[i]] += 1`` for each i (the machine's cache-miss-bound update rate)."""
     for i in range(index.shape[0]):
         a[index[i]] += 1
+
+
+@kernel
+def touch_units(words, units, unit_pages, start, stop):
+    """Write one word to each 4 KiB page of ``units[start:stop]`` (``words``: int64 view of
+    guest RAM, 512 per page); the pages written. A page's first write is a host fault."""
+    n = 0
+    for i in range(start, stop):
+        first = units[i] * unit_pages
+        for p in range(first, first + unit_pages):
+            words[p * 512] += 1
+            n += 1
+    return n

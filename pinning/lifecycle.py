@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from pinning import kernels as K
 from pinning.costs import CostProfile, modelled_ns
+from pinning.hostmem import warm_host
 from pinning.levels import unit_pages
 from pinning.sim import (
     memory_needed,
@@ -20,7 +22,11 @@ from pinning.sim import (
 )
 from pinning.suite import BenchConfig
 from pinning.vcpu import VcpuResult, run_workload
-from pinning.workload import Remap, Workload, make_workload, workload_bytes
+from pinning.workload import Phase, Remap, Workload, make_workload, workload_bytes
+
+#: Idle seconds before a "cold" value: this VM's host reclaims idle free memory after
+#: a few seconds (HOST.md), so the guest's memory is then backed afresh by the host.
+COLD_WAIT_S = 10.0
 
 #: Which phases each workload family's measured value covers.
 MEASURED_PHASES = {
@@ -50,6 +56,8 @@ class LifecycleResult:
     model_ns: dict[str, float] = field(default_factory=dict)
     vcpu: dict[str, VcpuResult] = field(default_factory=dict)
     error: str | None = None
+    #: kvm backing: the VM's own measurements (pinning.kvm.KvmRun.as_dict()).
+    kvm: dict[str, Any] = field(default_factory=dict)
 
     def measured_s(self, family: str) -> float:
         """Seconds of the phases the family measures."""
@@ -68,6 +76,8 @@ def build_workload(config: BenchConfig) -> Workload:
 
 def config_bytes(config: BenchConfig) -> int:
     """Memory one lifecycle of this configuration needs (checked before running it)."""
+    if config.backing != "sim":  # guest RAM itself, beside the model's arrays
+        return config.guest_size + config_bytes(replace(config, backing="sim", host="warm"))
     frac = config.remap_fraction if config.workload == "remap" else 0.0
     remapped = int(config.guest_pages * frac) + unit_pages(config.level)
     if "access" not in RUN_PHASES[config.workload]:
@@ -101,8 +111,53 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile,
 
     Only the phases the configuration's family needs run (``RUN_PHASES``).
     """
+    if config.backing == "kvm":
+        return _run_kvm(config)
     if workload is None:
         workload = build_workload(config)
+    if config.backing == "real":
+        from pinning.realmem import GuestMemory
+
+        prepare_host(config)
+        with GuestMemory(config.guest_size, config.level) as mem:
+            return _run_model(config, profile, workload, mem)
+    return _run_model(config, profile, workload, None)
+
+
+def backing_unavailable(config: BenchConfig) -> str | None:
+    """Why this machine cannot run the configuration's backing (None: it can)."""
+    if config.backing != "kvm":
+        return None
+    from pinning.kvm import kvm_unavailable
+
+    reason = kvm_unavailable()
+    return f"needs /dev/kvm: {reason}" if reason else None
+
+
+def prepare_host(config: BenchConfig) -> None:
+    """Right before a measured value of a real backing: warm the host, or let it go cold."""
+    if config.host == "cold":
+        time.sleep(COLD_WAIT_S)
+    else:
+        warm_host(config.guest_size)
+
+
+def _run_kvm(config: BenchConfig) -> LifecycleResult:
+    from pinning import kvm
+
+    prepare_host(config)
+    run = kvm.run_vm(config.guest_size, strategy=config.strategy,
+                     backing="thp" if config.level == "2m" else "4k", vcpus=config.vcpus,
+                     touch_fraction=config.touch_fraction, pattern=config.pattern,
+                     seed=config.seed, host=config.host)
+    return LifecycleResult(elapsed_ns={"startup": run.startup_ns, "access": run.touch_ns,
+                                       "teardown": run.teardown_ns},
+                           error=run.error, kvm=run.as_dict())
+
+
+def _run_model(config: BenchConfig, profile: CostProfile, workload: Workload,
+               mem: Any) -> LifecycleResult:
+    """The model's lifecycle; with ``mem`` (a realmem.GuestMemory) on real guest RAM too."""
     code = strategy_code(config.strategy)
     upages = unit_pages(config.level)
     remapped = sum(_widened(s.gfn, s.npages, upages) for s in workload.steps
@@ -129,7 +184,25 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile,
 
     def startup() -> int:
         zero_metadata(state)
-        return K.run(state, code, upages, K.NO_LIMIT, *one_op(K.OP_STARTUP))[0]
+        status = K.run(state, code, upages, K.NO_LIMIT, *one_op(K.OP_STARTUP))[0]
+        if mem is not None and config.strategy == "upfront" and status == K.OK:
+            mem.populate()
+            res.error = mem.lock()
+        return status
+
+    def access(wl: Workload) -> VcpuResult:
+        out = run_workload(state, config.strategy, config.level, K.NO_LIMIT, wl, profile)
+        if mem is not None:  # the guest's real touches, in its order, after the bookkeeping
+            for step in wl.steps:
+                if isinstance(step, Phase):
+                    mem.touch(step.units, step.bounds, upages)
+        return out
+
+    def teardown() -> int:
+        status = K.run(state, code, upages, K.NO_LIMIT, *one_op(K.OP_TEARDOWN))[0]
+        if mem is not None:
+            mem.release()
+        return status
 
     status = phase("startup", startup)
     if status != K.OK:
@@ -140,16 +213,12 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile,
     if "remap" in wanted:
         # The first pass maps the guest; the measured part is the remap and the re-faults.
         first, rest = steps[:1], steps[1:]
-        phase("access", lambda: run_workload(state, config.strategy, config.level, K.NO_LIMIT,
-                                             Workload(first, workload.nvcpus), profile))
-        phase("remap", lambda: run_workload(state, config.strategy, config.level, K.NO_LIMIT,
-                                            Workload(rest, workload.nvcpus), profile))
+        phase("access", lambda: access(Workload(first, workload.nvcpus)))
+        phase("remap", lambda: access(Workload(rest, workload.nvcpus)))
     elif "access" in wanted:
-        phase("access", lambda: run_workload(state, config.strategy, config.level, K.NO_LIMIT,
-                                             workload, profile))
+        phase("access", lambda: access(workload))
     if "teardown" in wanted:
-        phase("teardown", lambda: K.run(state, code, upages, K.NO_LIMIT,
-                                        *one_op(K.OP_TEARDOWN))[0])
+        phase("teardown", teardown)
         K.finish(state)
         res.events["teardown"]["pinned_pages_end"] = int(counters[K.PINNED_PAGES_END])
         res.events["teardown"]["leaked_refs"] = int(counters[K.LEAKED_REFS])
@@ -160,12 +229,41 @@ def _widened(gfn: int, npages: int, upages: int) -> int:
     return ((gfn + npages + upages - 1) // upages - gfn // upages) * upages
 
 
-def lifecycle_metadata(config: BenchConfig, res: LifecycleResult) -> dict[str, int | float | str]:
-    """pyperf metadata of one lifecycle: events and modelled time per phase, vCPU model output."""
+#: What a benchmark's measured value is, per backing (metadata ``measured.what``).
+MEASURED_WHAT = {
+    "sim": "wall time of the simulation's bookkeeping (sim backing)",
+    "real": "wall time of the simulation's bookkeeping plus real host memory: populate + "
+            "mlock at upfront startup, the guest's first touches as real host page faults "
+            "(real backing)",
+    "kvm": "wall time of a real KVM guest through /dev/kvm: VM creation, populate + mlock "
+           "(upfront), first guest instruction, guest touching its memory, teardown "
+           "(kvm backing)",
+}
+
+
+def lifecycle_metadata(config: BenchConfig, res: LifecycleResult,
+                       model: LifecycleResult | None = None) -> dict[str, int | float | str]:
+    """pyperf metadata of one lifecycle: events and modelled time per phase, vCPU model output.
+
+    For the kvm backing ``model`` is the sim's lifecycle of the same configuration: its
+    events and modelled times are the model's prediction next to the VM's measurements
+    (``kvm.*``: one VM's phase breakdown and KVM's own statistics).
+    """
     md: dict[str, int | float | str] = {
         "measured.phases": ",".join(MEASURED_PHASES[config.workload]),
-        "measured.what": "wall time of the simulation's bookkeeping (sim backing)",
+        "measured.what": MEASURED_WHAT[config.backing],
     }
+    if config.backing != "sim":
+        md["host.state"] = config.host
+    for key, value in res.kvm.items():
+        if isinstance(value, dict):
+            for name, v in value.items():
+                md[f"kvm.{key}.{name}"] = v
+        elif value is not None:
+            md[f"kvm.{key}"] = value
+    if res.error:
+        md["error"] = res.error
+    res = model if model is not None else res
     for ph, events in res.events.items():
         for name, value in events.items():
             md[f"events.{ph}.{name}"] = value
@@ -192,6 +290,6 @@ def lifecycle_metadata(config: BenchConfig, res: LifecycleResult) -> dict[str, i
             pick = np.unique(np.linspace(0, len(tl) - 1, min(len(tl), 64)).astype(int))
             md[f"vcpu.{ph}.timeline"] = ";".join(f"{tl[i, 0]:.6g},{int(tl[i, 1])}"
                                                  for i in pick)
-    if res.error:
+    if res.error and "error" not in md:
         md["error"] = res.error
     return md

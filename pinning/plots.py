@@ -406,6 +406,39 @@ def plot_break_even(df: pd.DataFrame) -> Figure:
     return fig
 
 
+@_styled
+def plot_kvm_vs_model(df: pd.DataFrame) -> Figure:
+    """Real KVM guest (measured) vs the model (modelled): ns per 4 KiB page against guest
+    size, startup | touch-all panels, one colour per strategy, marker per backing level
+    and vCPU count; measured solid with markers, modelled dashed."""
+    from pinning.ground import kvm_vs_model
+
+    table = kvm_vs_model(df) if "backing" in df else pd.DataFrame()
+    if table.empty:
+        raise InputError("kvm vs model: no kvm-backed benchmarks in the results "
+                         "(pinbench run --suite ground)")
+    table = table[table["host"].fillna("warm") == "warm"]
+    fig, axes = _figure(2, width=5.6, height=4.0)
+    markers = {("4k", 1): "o", ("4k", 2): "s", ("2m", 1): "^", ("2m", 2): "D"}
+    for ax, phase in zip(axes, ("startup", "touch all"), strict=True):
+        sub = table[table["phase"] == phase]
+        for (strategy, level, vcpus), g in sub.groupby(["strategy", "level", "vcpus"]):
+            g = g.sort_values("guest_size")
+            x = g["guest_size"] / 2**30
+            label = f"{strategy} {'THP' if level == '2m' else '4K'} {vcpus} vCPU"
+            ax.plot(x, g["ns_per_page"], marker=markers.get((level, vcpus), "x"),
+                    color=_color(strategy), label=f"{label} (measured)")
+            ax.plot(x, g["model_ns_per_page"], ls="--", color=_color(strategy), alpha=0.6,
+                    marker=markers.get((level, vcpus), "x"), mfc="none")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("guest size (GiB)")
+        ax.set_ylabel("ns per 4 KiB page")
+        ax.set_title(f"{phase}: real KVM guest (solid, measured) vs model (dashed)")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
+    return fig
+
+
 #: Every plot of a report: file stem -> (title, function).
 PLOTS: dict[str, tuple[str, Callable[[pd.DataFrame], Figure]]] = {
     "startup_scaling": ("Startup time vs guest size", plot_startup_scaling),

@@ -42,7 +42,7 @@ VCPU_STRINGS = ("latency_quantiles_ns", "timeline")
 PARAMS: dict[str, type] = {
     "strategy": str, "guest_size": int, "level": str, "vcpus": int, "pattern": str,
     "layout": str, "touch_fraction": float, "seed": int, "backing": str,
-    "remap_fraction": float,
+    "remap_fraction": float, "host": str,
 }
 MACHINE = ("cpu_model_name", "hostname", "platform", "cpu_count", "date")
 #: Phases that run the vCPU model (their vcpu_* columns always exist).
@@ -158,6 +158,8 @@ def benchmark_row(bench: pyperf.Benchmark, file: str = "") -> dict[str, Any]:
                 ran.append(parts[1])
         elif parts[0] == "model" and len(parts) == 2 and parts[1].endswith("_ns"):
             row[f"model_{parts[1]}"] = float(value)
+        elif parts[0] == "kvm" and len(parts) >= 2:  # the real VM's own measurements
+            row["_".join(parts)] = value
         elif parts[0] == "vcpu" and len(parts) == 3:
             if parts[2] in VCPU_STRINGS:
                 row[f"vcpu_{parts[1]}_{parts[2]}"] = str(value)

@@ -106,7 +106,7 @@ def run_suite(suite: Suite, output: Path, *, force: bool = False,
     """
     import pyperf
 
-    from pinning.lifecycle import config_bytes
+    from pinning.lifecycle import backing_unavailable, config_bytes
     from pinning.sim import check_fits
 
     output = Path(output)
@@ -126,6 +126,9 @@ def run_suite(suite: Suite, output: Path, *, force: bool = False,
                 name = config.name
                 try:
                     check_fits(config_bytes(config), name)
+                    missing = backing_unavailable(config)
+                    if missing:
+                        raise InputError(missing)
                 except InputError as exc:
                     report.skipped.append((name, str(exc)))
                     progress.end(i, name, f"skipped: {exc}")

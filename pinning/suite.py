@@ -11,7 +11,12 @@ from pathlib import Path
 from pinning.levels import LEVELS, PAGE_SIZE, InputError, format_size, parse_size, unit_pages
 
 FAMILIES = ("startup", "fault_storm", "remap", "teardown", "lifecycle")
-BACKINGS = ("sim",)
+#: Where guest memory lives: the sim's arrays only; a real anonymous mapping beside the
+#: sim's bookkeeping (DESIGN §3 method 2); a real KVM guest through /dev/kvm (method 3).
+BACKINGS = ("sim", "real", "kvm")
+#: Host memory before each measured value of a real backing: warmed (populated and freed
+#: right before) or cold (left idle so this VM's host has reclaimed it; HOST.md).
+HOST_STATES = ("warm", "cold")
 STRATEGY_NAMES = ("upfront", "demand")
 SCHEMA_VERSION = 1
 
@@ -31,6 +36,7 @@ class BenchConfig:
     seed: int = 0
     backing: str = "sim"
     remap_fraction: float = 0.1
+    host: str = "warm"
 
     @property
     def guest_pages(self) -> int:
@@ -41,8 +47,8 @@ class BenchConfig:
         """Stable, readable benchmark name, e.g. ``fault_storm/demand/64GiB/4k/4vcpu/random``."""
         parts = [self.workload, self.strategy, format_size(self.guest_size), self.level]
         if self.backing != "sim":
-            parts.append(self.backing)
-        if self.workload in ("fault_storm", "lifecycle", "remap"):
+            parts.append(self.backing if self.host == "warm" else f"{self.backing}-cold")
+        if self.workload in ("fault_storm", "lifecycle", "remap") or self.backing != "sim":
             parts.append(f"{self.vcpus}vcpu")
             parts.append(self.pattern if self.layout == "slices" else f"{self.pattern}-shared")
         if self.workload != "startup" and self.touch_fraction != 1.0:
@@ -88,6 +94,24 @@ class BenchConfig:
                 raise InputError(f"{key} {getattr(self, key)} must lie between 0 and 1")
         if self.seed < 0:
             raise InputError(f"seed {self.seed} must not be negative")
+        _choice("host", self.host, HOST_STATES)
+        if self.backing == "sim":
+            if self.host != "warm":
+                raise InputError("host 'cold' needs a real backing (real or kvm): the sim "
+                                 "touches no guest memory")
+            return
+        if self.level not in ("4k", "2m"):
+            raise InputError(f"backing {self.backing!r} needs level 4k or 2m (host pages of "
+                             f"4 KiB or transparent huge pages), not {self.level!r}")
+        if self.workload == "remap":
+            raise InputError(f"the remap family runs on the sim backing only, not "
+                             f"{self.backing!r}")
+        if self.backing == "kvm":
+            if self.pattern not in ("sequential", "random") or self.layout != "slices":
+                raise InputError(f"backing 'kvm' runs patterns sequential and random with "
+                                 f"layout slices, not {self.pattern!r}/{self.layout!r}")
+            if self.touch_fraction <= 0:
+                raise InputError("backing 'kvm' needs touch_fraction > 0")
 
 
 def _pct(x: float) -> str:
