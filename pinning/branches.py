@@ -416,6 +416,8 @@ def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
 
     tmp = Path(tempfile.mkdtemp(prefix="pinbench-branches-"))
     worktrees: list[Path] = []
+    # A cancelled CI job gets SIGTERM, not Ctrl-C: clean up the same way.
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         for side in (base, head):
             if aa and side is head:  # A/A: the same worktree and venv, run a second time
@@ -437,7 +439,12 @@ def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
               f"sides before the interrupt: {', '.join(done) or 'none'}", file=sys.stderr)
         return 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         _cleanup(root, worktrees, tmp)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path) -> None:

@@ -158,6 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--fail-on-model-change", action="store_true")
     br.set_defaults(func=cmd_compare_branches)
 
+    cal = sub.add_parser(
+        "calibrate", help="measure this machine's costs and write a cost profile",
+        description="Measure the costs this machine lets pinbench measure (frame populate, "
+        "mlock/munlock, CLFLUSH of a dirty page, present-page touch, metadata zeroing, and "
+        "with /dev/kvm the nested-fault round trip of a real guest) and write a cost "
+        "profile that `run --cost-profile` and `report --profile` accept; keys that cannot "
+        "be measured here (VM_PAGE_FLUSH, WBINVD, the per-VM lock) are carried over from the "
+        "default profile and marked so.")
+    cal.add_argument("-o", "--output", default=None, metavar="PROFILE.toml",
+                     help="profile to write (default results/calibrated-<host>.toml)")
+    cal.add_argument("--quick", action="store_true",
+                     help="small buffers and few repetitions (seconds, less precise)")
+    cal.add_argument("--no-kvm", action="store_true",
+                     help="do not run a KVM guest (npf_exit_ns carried over)")
+    cal.add_argument("--force", action="store_true", help="overwrite an existing profile")
+    cal.set_defaults(func=cmd_calibrate)
+
     lst = sub.add_parser("list", help="list the benchmarks of a suite",
                          description="List the benchmarks a suite would run.")
     lst.add_argument("--suite", default="quick", help="quick, ci, full or a suite TOML file")
@@ -189,6 +206,28 @@ def cmd_compare_branches(args: argparse.Namespace) -> int:
     return branches_main(args.base_ref, args.head_ref, suite=args.suite, outdir=args.output,
                          aa=args.aa, threshold=parse_threshold(args.threshold),
                          deps=args.deps, fail_on_model_change=args.fail_on_model_change)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``pinbench calibrate``: measure, print how each cost was obtained, write the profile."""
+    import socket
+    from pathlib import Path
+
+    from pinning.calibrate import calibrate, format_measurements, write_calibrated
+
+    output = Path(args.output or f"results/calibrated-{socket.gethostname()}.toml")
+    if output.exists() and not args.force:
+        raise InputError(f"{output} exists: choose another -o or pass --force")
+    if not output.parent.is_dir():
+        raise InputError(f"{output.parent} is not a directory")
+    profile, measurements = calibrate(quick=args.quick, use_kvm=not args.no_kvm)
+    print(format_measurements(measurements, profile.machine))
+    write_calibrated(profile, measurements, output)
+    print()
+    print(f"profile: {output}")
+    print(f"use it:  pinbench run --cost-profile {output}   |   "
+          f"pinbench report RESULTS.json --profile {output}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -236,8 +275,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, why in report.failed:
         print(f"FAILED {name}: {why}")
     if report.output:
-        from pinning.report import summary_table
         from pinning.results import load_results
+        from pinning.summary import summary_table
 
         print()
         print(summary_table(load_results(report.output)))
@@ -349,8 +388,13 @@ def format_result(res: dict) -> str:
         for key, value in kvm.items():
             if key.endswith("_ns") and isinstance(value, int | float):
                 lines.append(f"  {key:<26}{value / 1e6:>13.3f} ms")
-        for name, value in (kvm.get("stats") or {}).items():
-            lines.append(f"  {name:<26}{value:>16,}")
+        stats = kvm.get("stats") or {}
+        for name, value in stats.items():
+            if value:
+                lines.append(f"  {name:<30}{value:>16,}")
+        zero = sorted(name for name, value in stats.items() if not value)
+        if zero:
+            lines.append(f"  ({len(zero)} more KVM statistics are 0: {', '.join(zero)})")
     return "\n".join(lines)
 
 

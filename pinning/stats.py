@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from pinning.levels import InputError
+from pinning.summary import pair_key
 
 METRICS = ("measured", "modelled")
 #: Parameters that, with the strategy, identify a series along guest size.
@@ -266,11 +267,3 @@ def latency_table(df: pd.DataFrame) -> pd.DataFrame:
     out["p50_extra_ns"] = extra.where(out["strategy"] != "upfront")
     out["source"] = "modelled"
     return out.reset_index(drop=True)
-
-
-def pair_key(name: str) -> str:
-    """A benchmark name with its strategy replaced by ``*``: pairs upfront with demand."""
-    parts = name.split("/")
-    if len(parts) > 1 and parts[1] in ("upfront", "demand"):
-        parts[1] = "*"
-    return "/".join(parts)

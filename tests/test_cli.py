@@ -159,3 +159,21 @@ def test_missing_pattern_or_trace_is_a_usage_error():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "pinbench simulate: error: one of the arguments --trace --pattern is required"]
+
+
+def test_calibrate_writes_a_profile_run_accepts(tmp_path, capsys):
+    from pinning.cli import main
+    from pinning.costs import COST_KEYS, load_profile
+
+    out = tmp_path / "cal.toml"
+    assert main(["calibrate", "--quick", "--no-kvm", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "measured" in printed and "carried" in printed and str(out) in printed
+    profile = load_profile(out)
+    assert profile.name == "calibrated" and profile.machine
+    assert set(profile.costs) == set(COST_KEYS)
+    # an existing profile is not overwritten without --force; a missing directory is refused
+    assert main(["calibrate", "--quick", "--no-kvm", "-o", str(out)]) == 2
+    assert main(["calibrate", "--quick", "--no-kvm", "-o", str(tmp_path / "no" / "x.toml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "exists" in err[0] and "not a directory" in err[1]
