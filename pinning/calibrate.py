@@ -73,7 +73,7 @@ class _Plan:
     flush_chunk: int = 256 * 1024  # written, then flushed while still in L2
 
 
-_FULL = _Plan(host_bytes=512 * MIB, reps=7, guest_bytes=1024 * MIB, kvm_reps=5)
+_FULL = _Plan(host_bytes=512 * MIB, reps=7, guest_bytes=512 * MIB, kvm_reps=5)
 _QUICK = _Plan(host_bytes=32 * MIB, reps=3, guest_bytes=64 * MIB, kvm_reps=3)
 
 
