@@ -447,28 +447,35 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+#: Most rounds a benchmark's worker processes are split into (see _run_interleaved).
+ROUNDS = 4
+
+
 def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path) -> None:
-    """Each benchmark on both sides, one worker process at a time, alternating the sides.
+    """Each benchmark on both sides in rounds of worker processes, alternating the sides.
 
     The worker process is the unit of ``compare``'s statistics, so the sides alternate
-    process by process (A B, B A, A B, ...): a burst of load on this shared machine then
-    lands on both sides' processes alike instead of on all of one side's. A side's
-    processes of a benchmark are merged into one pyperf benchmark afterwards.
+    round by round (A B, B A, A B, B A), each round a share of the suite's processes: a
+    burst of load on this shared machine then lands on both sides' processes alike
+    instead of on all of one side's. A side's processes of a benchmark are merged into one
+    pyperf benchmark afterwards.
     """
     configs = suite.benchmarks
     total = len(configs)
-    rounds = max(1, suite.processes)
-    one = replace(suite, processes=1)
+    # Up to ROUNDS rounds per benchmark: every `pinbench run` costs ~1 s besides its
+    # workers, so 8 processes go as 4 rounds of 2 (A B, B A, A B, B A).
+    rounds = min(max(1, suite.processes), ROUNDS)
+    sizes = [suite.processes // rounds + (r < suite.processes % rounds) for r in range(rounds)]
     (tmp / "suites").mkdir()
     for side in (base, head):
         (tmp / "parts" / side.label).mkdir(parents=True)
     cwd = Path.cwd()
     for i, config in enumerate(configs, start=1):
         name = config.name
-        suite_file = tmp / "suites" / f"{i}.toml"
-        suite_file.write_text(one_bench_toml(one, config))
         rounds_done: dict[str, list[Path]] = {base.label: [], head.label: []}
         for r in range(rounds):
+            suite_file = tmp / "suites" / f"{i}.{r}.toml"
+            suite_file.write_text(one_bench_toml(replace(suite, processes=sizes[r]), config))
             order = (base, head) if (i + r) % 2 else (head, base)
             for side in order:
                 if name in side.failed:
@@ -477,7 +484,7 @@ def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path) -> None:
                 outcome = _run_bench(side, name, suite_file, part, cwd)
                 if name in side.parts:
                     rounds_done[side.label].append(side.parts.pop(name))
-                where = f" (process {r + 1}/{rounds})" if rounds > 1 else ""
+                where = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
                 print(f"[{i}/{total}] {name}  {side.display}{where}: {outcome}",
                       file=sys.stderr, flush=True)
         for side in (base, head):

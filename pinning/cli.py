@@ -222,6 +222,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise InputError(f"{output.parent} is not a directory")
     profile, measurements = calibrate(quick=args.quick, use_kvm=not args.no_kvm)
     print(format_measurements(measurements, profile.machine))
+    print(profile.description)
     write_calibrated(profile, measurements, output)
     print()
     print(f"profile: {output}")

@@ -23,6 +23,9 @@ SMOKE_ARGS = {
     "teardown.py": [*TINY, "--strategy", "demand", "--touch-fraction", "0.5"],
     "lifecycle.py": [*TINY, "--strategy", "demand", "--pattern", "random",
                      "--layout", "shared", "--vcpus", "2"],
+    # tests/test_qemu.py runs it end to end where QEMU is installed
+    "qemu_peer.py": ["--sizes", "64MiB", "--values", "1", "--loops", "1", "--skip-missing"],
+    "populate_vs_qemu.py": ["--sizes", "64MiB", "--repeat", "1"],
 }
 
 
@@ -48,7 +51,22 @@ def test_kernel_rates_quick(tmp_path):
     assert "first call of the kernels" in proc.stdout
 
 
-PYPERF_SCRIPTS = sorted(set(SMOKE_ARGS) - {"kernel_rates.py"})
+PYPERF_SCRIPTS = sorted(set(SMOKE_ARGS) - {"kernel_rates.py", "qemu_peer.py",
+                                            "populate_vs_qemu.py"})
+
+
+def test_populate_vs_qemu_smoke(tmp_path):
+    out = tmp_path / "pq.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "populate_vs_qemu.py"),
+                           *SMOKE_ARGS["populate_vs_qemu.py"], "--json", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    if "skipped:" in proc.stdout:
+        pytest.skip(proc.stdout.strip())
+    res = json.loads(out.read_text())["64MiB"]
+    assert res["kvm_thp_populate_ns"]["median"] > 0 and res["kvm_4k_lock_ns"]["median"] > 0
+    assert res["qemu_on_ns"]["median"] > 0
+    assert "ratio kvm populate / QEMU prealloc" in proc.stdout
 
 
 @pytest.mark.parametrize("script", PYPERF_SCRIPTS)
@@ -100,3 +118,36 @@ def test_bad_option_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "startup: error: level '3m' is not one of 4k, 2m, 1g"
     assert not (tmp_path / "o.json").exists()
+
+
+def _kvm_reason() -> str | None:
+    from pinning.kvm import kvm_unavailable
+
+    return kvm_unavailable()
+
+
+@pytest.mark.parametrize("backing", ["real", "kvm"])
+def test_real_backings_record_host_state_and_the_models_prediction(tmp_path, backing):
+    import pyperf
+
+    if backing == "kvm" and _kvm_reason():
+        pytest.skip(f"/dev/kvm not usable here: {_kvm_reason()}")
+    out = tmp_path / "out.json"
+    argv = ["--guest-size", "64MiB", "--processes", "1", "--values", "1", "--warmups", "0",
+            "--loops", "1", "--strategy", "upfront", "--vcpus", "2", "--backing", backing]
+    proc = subprocess.run([sys.executable, str(BENCH / "lifecycle.py"), *argv,
+                           "-o", str(out)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    bench = pyperf.Benchmark.load(str(out))
+    md = bench.get_metadata()
+    assert f"/{backing}/" in bench.get_name() and md["param.backing"] == backing
+    assert md["host.state"] == "warm" and f"({backing} backing)" in md["measured.what"]
+    # the model's events for the same configuration: every page pinned once, then unpinned
+    assert md["events.startup.pins"] == 64 * 256 and md["events.teardown.unpins"] == 64 * 256
+    assert md["model.startup_ns"] > 0
+    if backing == "kvm":  # the VM's own phase breakdown and KVM's counters
+        assert md["kvm.populate_ns"] > 0 and md["kvm.lock_ns"] > 0
+        assert md["kvm.pages_touched"] == 64 * 256
+        assert md["kvm.stats.exits"] > 0
+    else:
+        assert not any(k.startswith("kvm.") for k in md)

@@ -352,7 +352,7 @@ def test_failing_benchmark_is_named_left_out_and_cleaned_up(repo, tmpdir_empty, 
 
 @needs_jit
 def test_sides_alternate_process_by_process(repo, tmpdir_empty, tmp_path, capsys):
-    # processes = 2: each side's worker processes run one at a time, A B then B A, and
+    # processes = 2: two rounds of one worker process per side, A B then B A, and
     # each side's results hold both processes as runs of one benchmark
     suite = tmp_path / "two.toml"
     suite.write_text(TINY_SUITE.replace("processes = 1", "processes = 2")
@@ -364,7 +364,7 @@ def test_sides_alternate_process_by_process(repo, tmpdir_empty, tmp_path, capsys
     std = capsys.readouterr()
     assert status in (0, 1), std.out + std.err
     lines = [ln for ln in std.err.splitlines() if ln.startswith("[1/1]")]
-    sides = [(ln.split("  ", 1)[1].split()[0], "process 1/2" in ln) for ln in lines]
+    sides = [(ln.split("  ", 1)[1].split()[0], "round 1/2" in ln) for ln in lines]
     assert sides == [("base", True), ("head", True), ("head", False), ("base", False)]
     import pyperf
 
@@ -396,6 +396,34 @@ def test_ctrl_c_cleans_up_and_names_what_finished(repo, tmpdir_empty, suite_file
     assert f"interrupted; nothing written. Finished on both sides before the interrupt: {SLOW}" \
         in err
     assert not out.exists()
+    assert_clean(repo, tmpdir_empty)
+
+
+@needs_jit
+def test_sigterm_cleans_up_like_ctrl_c(repo, tmpdir_empty, suite_file, tmp_path, monkeypatch,
+                                       capsys):
+    # a cancelled CI job is sent SIGTERM
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    real = branches._run_bench
+    calls = []
+
+    def terminated_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(branches, "_run_bench", terminated_second)
+    out = tmp_path / "out"
+    status = branches.main("main", "slow", suite=str(suite_file), repo=repo, deps="current",
+                           outdir=out)
+    assert status == 130
+    assert "interrupted; nothing written" in capsys.readouterr().err
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
     assert_clean(repo, tmpdir_empty)
 
 
