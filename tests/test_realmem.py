@@ -78,23 +78,47 @@ def test_bad_guest_memory_is_refused() -> None:
         GuestMemory(3 * MiB, "4k")
 
 
+def mapped(addr: int) -> bool:
+    """Whether ``addr`` lies in a mapping of this process."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return True
+    return False
+
+
 @pytest.mark.parametrize("strategy", ["upfront", "demand"])
-def test_real_backing_keeps_the_models_events_and_releases_guest_ram(strategy: str) -> None:
+def test_real_backing_keeps_the_models_events_and_releases_guest_ram(
+        strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pinning.realmem as realmem
+
+    made: list[GuestMemory] = []
+
+    class Recorded(GuestMemory):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(realmem, "GuestMemory", Recorded)
     profile = load_profile()
     sim = BenchConfig("lifecycle", strategy, 32 * MiB, "4k", vcpus=2, pattern="random")
     real = replace(sim, backing="real")
-    size, lck = status_kib("VmSize"), status_kib("VmLck")
+    lck = status_kib("VmLck")
     r_sim, r_real = run_lifecycle(sim, profile), run_lifecycle(real, profile)
     assert r_real.error is None
     assert r_real.events == r_sim.events  # the bookkeeping is the same
     assert set(r_real.elapsed_ns) == {"startup", "access", "teardown"}
     assert all(ns > 0 for ns in r_real.elapsed_ns.values())
-    # guest RAM (32 MiB) unmapped and unlocked again; the model's arrays are cached
-    assert status_kib("VmSize") - size < 16 * 1024 and status_kib("VmLck") == lck
+    # guest RAM unmapped and unlocked again
+    assert len(made) == 1 and not mapped(made[0].addr) and status_kib("VmLck") == lck
     md = lifecycle_metadata(real, r_real)
     assert md["host.state"] == "warm" and "real host memory" in md["measured.what"]
 
 
+@pytest.mark.skipif(bool(os.environ.get("NUMBA_DISABLE_JIT")),
+                    reason="compares compiled bookkeeping with real faults; without the JIT "
+                           "the interpreted bookkeeping dominates both")
 def test_real_backing_costs_more_than_the_sim_for_demand_first_touches() -> None:
     # 64 MiB of real first-touch faults (16384 host faults, ~1-4 us each) against the sim's
     # bookkeeping of the same accesses: measured in one run, compared as a ratio.
