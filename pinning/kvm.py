@@ -19,6 +19,7 @@ import ctypes
 import errno
 import functools
 import math
+import mmap
 import operator
 import os
 import platform
@@ -227,10 +228,11 @@ _mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                   ctypes.c_int, ctypes.c_long]
 _mmap.restype = ctypes.c_void_p
 MAP_FAILED = ctypes.c_void_p(-1).value
-for _fn in (_libc.munmap, _libc.madvise, _libc.mlock, _libc.munlock):
-    _fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + ([ctypes.c_int] if _fn is _libc.madvise
-                                                          else [])
+for _fn in (_libc.munmap, _libc.mlock, _libc.munlock):
+    _fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     _fn.restype = ctypes.c_int
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.restype = ctypes.c_int
 
 MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15
 MADV_POPULATE_WRITE = 23  # Linux 5.14; Python's mmap module has it only from 3.13
@@ -262,9 +264,8 @@ def _mmap_anon(size: int, align: int = guest.HUGE_SIZE) -> int:
     mapping is a 2 MiB range of guest-physical memory (needed for THP, and for KVM
     to map it with 2 MiB shadow pages).
     """
-    prot = 0x1 | 0x2  # PROT_READ | PROT_WRITE
-    flags = 0x02 | 0x20  # MAP_PRIVATE | MAP_ANONYMOUS
-    raw = _mmap(None, size + align, prot, flags, -1, 0)
+    raw = _mmap(None, size + align, mmap.PROT_READ | mmap.PROT_WRITE,
+                mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
     if raw == MAP_FAILED or raw is None:
         e = ctypes.get_errno()
         raise OSError(e, f"mmap of {format_size(size)}: {os.strerror(e)}")
@@ -417,7 +418,7 @@ class _Vm:
         for index, values in enumerate(regs):
             fd = kvm_ioctl(self.vm_fd, KVM_CREATE_VCPU, index)
             self._stack.callback(os.close, fd)
-            addr = _mmap(None, mmap_size, 0x1 | 0x2, 0x01, fd, 0)  # PROT_RW, MAP_SHARED
+            addr = _mmap(None, mmap_size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
             if addr == MAP_FAILED or addr is None:
                 e = ctypes.get_errno()
                 raise OSError(e, f"mmap of vCPU {index}'s kvm_run: {os.strerror(e)}")
