@@ -612,6 +612,7 @@ class KvmRun:
     first_insn_ns: int  # vCPUs released into KVM_RUN .. the last one's first `out`
     touch_ns: int  # vCPUs released together .. the last one's `out` to PORT_DONE
     teardown_ns: int  # fds closed (VM destroyed), munlock (upfront), munmap of guest RAM
+    #                   (and of the small system memslot)
     pages_touched: int  # 4 KiB pages the guest wrote (once each)
     stats: dict[str, int] = field(default_factory=dict)  # KVM binary stats (see run_vm)
     error: str | None = None  # e.g. mlock failed: a result, not an exception
@@ -800,8 +801,13 @@ def _round_trips(iterations: int) -> float:
 
 def exit_round_trip_ns(iterations: int = 20000) -> float:
     """Mean cost (not a median) of one guest `out` → KVM_EXIT_IO → KVM_RUN re-entry round
-    trip, measured with a tiny guest in a loop. Includes the Python/ctypes call of
-    ioctl(KVM_RUN) made by this VMM for each exit."""
+    trip, measured with a tiny guest in a loop (``iterations`` exits, after one untimed).
+
+    Includes the Python/ctypes call of ioctl(KVM_RUN) for each exit (well under a
+    microsecond) and everything KVM does on the way out to user space and back in
+    (vcpu_put/vcpu_load). On PVM, where the guest's `out` in ring 3 is a #GP that KVM
+    emulates (stat insn_emulation, not io_exits), the emulation is included too.
+    """
     if _integer(iterations) is None or iterations < 1:
         raise InputError(f"iterations {iterations!r} must be a positive integer")
     reason = kvm_unavailable()
