@@ -438,7 +438,7 @@ def test_workflows_run_the_readme_tests_and_compare_branches():
     assert "push:" in tests and "pull_request:" in tests and 'python-version: "3.11"' in tests
     bench = (ROOT / ".github" / "workflows" / "benchmarks.yml").read_text()
     assert "pull_request:" in bench and "fetch-depth: 0" in bench
-    assert 'pinbench compare-branches "origin/$BASE_REF" HEAD --suite quick -o bench-out' \
+    assert 'pinbench compare-branches "origin/$BASE_REF" HEAD --suite ci -o bench-out' \
         in bench and "BASE_REF: ${{ github.base_ref }}" in bench
     assert 'cat bench-out/compare.md >> "$GITHUB_STEP_SUMMARY"' in bench
     assert bench.count("if: always()") == 2 and "path: bench-out/" in bench
