@@ -75,40 +75,64 @@ def published_vs_model(profiles: Sequence[CostProfile]) -> tuple[pd.DataFrame, p
 
 
 KVM_KEYS = ["strategy", "guest_size", "level", "vcpus", "host"]
+#: (family, lifecycle phase, label) of the kvm backing's two measured quantities.
+_KVM_PHASES = (("startup", "startup", "startup"), ("fault_storm", "access", "touch all"))
 
 
-def kvm_vs_model(df: pd.DataFrame) -> pd.DataFrame:
+def _model_ns(row: pd.Series, phase: str, profile: CostProfile, cache: dict) -> float:
+    """The model's time of ``phase`` for the configuration of a kvm result row, under
+    ``profile`` (runs the sim; cached per configuration and profile)."""
+    from pinning.lifecycle import run_lifecycle
+    from pinning.suite import BenchConfig
+
+    key = (row["strategy"], int(row["guest_size"]), row["level"], int(row["vcpus"]),
+           row.get("pattern") or "sequential", float(row.get("touch_fraction") or 1.0),
+           profile.name, profile.source)
+    if key not in cache:
+        config = BenchConfig("fault_storm", key[0], key[1], key[2], vcpus=key[3],
+                             pattern=key[4], touch_fraction=key[5])
+        cache[key] = run_lifecycle(config, profile).model_ns
+    return float(cache[key].get(phase, np.nan))
+
+
+def kvm_vs_model(df: pd.DataFrame,
+                 profiles: Sequence[CostProfile] | None = None) -> pd.DataFrame:
     """The kvm backing's measured startup and touch-all times beside the model's.
 
     ``df`` is :func:`pinning.results.load_results` output; rows with ``backing == "kvm"``
     of the startup family give the measured startup (median of the values), those of
-    the fault_storm family the measured touch of all memory; the model's are the
-    ``model_startup_ns`` and ``model_access_ns`` of the same benchmarks (the profile they
-    were run with: ``cost_profile``). Per-page figures are per 4 KiB page of guest RAM
-    (startup) or per page touched (touch).
+    the fault_storm family the measured touch of all memory. The model's times are the
+    ``model_startup_ns`` / ``model_access_ns`` recorded with the run (under the profile
+    it ran with, ``cost_profile``), or with ``profiles`` the model run again for the
+    same configuration under each of them (one row per profile). Per-page figures are
+    per 4 KiB page of guest RAM (startup) or per page touched (touch all).
     """
-    kvm = df[df["backing"] == "kvm"]
-    cols = [*KVM_KEYS, "measured_s", "modelled_s", "ns_per_page", "model_ns_per_page",
-            "rel_error", "cost_profile", "kvm_pf_taken", "kvm_exits"]
-    out = []
-    for family, phase, label in (("startup", "startup", "startup"),
-                                 ("fault_storm", "access", "touch all")):
-        fam = kvm[kvm["family"] == family]
-        for _, r in fam.iterrows():
+    kvm = df[df["backing"] == "kvm"] if "backing" in df else df.iloc[0:0]
+    cols = ["phase", *KVM_KEYS, "profile", "measured_s", "modelled_s", "ns_per_page",
+            "model_ns_per_page", "rel_error", "kvm_pf_taken", "kvm_exits"]
+    out, cache = [], {}
+    for family, phase, label in _KVM_PHASES:
+        for _, r in kvm[kvm["family"] == family].iterrows():
             pages = r["guest_size"] // PAGE_SIZE
             if phase == "access":
                 touched = r.get("kvm_pages_touched")
                 pages = int(touched) if pd.notna(touched) and touched else pages
             measured = float(r["median_s"])
-            model = float(r.get(f"model_{phase}_ns", np.nan)) / 1e9
-            out.append({
-                "phase": label, **{k: r[k] for k in KVM_KEYS},
-                "measured_s": measured, "modelled_s": model,
-                "ns_per_page": measured * 1e9 / pages, "model_ns_per_page": model * 1e9 / pages,
-                "rel_error": (model - measured) / measured if measured > 0 else np.nan,
-                "cost_profile": r.get("cost_profile"),
-                "kvm_pf_taken": r.get("kvm_stats_pf_taken", np.nan),
-                "kvm_exits": r.get("kvm_stats_exits", np.nan)})
-    frame = pd.DataFrame(out, columns=["phase", *cols])
-    return frame.sort_values(["phase", "strategy", "level", "vcpus", "guest_size"],
-                             ascending=[False, True, True, True, True], ignore_index=True)
+            if profiles is None:
+                models = [(r.get("cost_profile"),
+                           float(r.get(f"model_{phase}_ns", np.nan)) / 1e9)]
+            else:
+                models = [(p.name, _model_ns(r, phase, p, cache) / 1e9) for p in profiles]
+            for name, model in models:
+                out.append({
+                    "phase": label, **{k: r[k] for k in KVM_KEYS}, "profile": name,
+                    "measured_s": measured, "modelled_s": model,
+                    "ns_per_page": measured * 1e9 / pages,
+                    "model_ns_per_page": model * 1e9 / pages,
+                    "rel_error": (model - measured) / measured if measured > 0 else np.nan,
+                    "kvm_pf_taken": r.get("kvm_stats_pf_taken", np.nan),
+                    "kvm_exits": r.get("kvm_stats_exits", np.nan)})
+    frame = pd.DataFrame(out, columns=cols)
+    return frame.sort_values(["phase", "profile", "strategy", "level", "vcpus", "guest_size"],
+                             ascending=[False, True, True, True, True, True],
+                             ignore_index=True)

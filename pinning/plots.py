@@ -407,17 +407,19 @@ def plot_break_even(df: pd.DataFrame) -> Figure:
 
 
 @_styled
-def plot_kvm_vs_model(df: pd.DataFrame) -> Figure:
+def plot_kvm_vs_model(table: pd.DataFrame, profile: str | None = None) -> Figure:
     """Real KVM guest (measured) vs the model (modelled): ns per 4 KiB page against guest
     size, startup | touch-all panels, one colour per strategy, marker per backing level
-    and vCPU count; measured solid with markers, modelled dashed."""
-    from pinning.ground import kvm_vs_model
+    and vCPU count; measured solid with markers, modelled dashed.
 
-    table = kvm_vs_model(df) if "backing" in df else pd.DataFrame()
+    ``table`` is :func:`pinning.ground.kvm_vs_model` output; the model's line is that of
+    ``profile`` (default: the last profile in the table, e.g. a calibrated one).
+    """
     if table.empty:
         raise InputError("kvm vs model: no kvm-backed benchmarks in the results "
                          "(pinbench run --suite ground)")
-    table = table[table["host"].fillna("warm") == "warm"]
+    profile = profile or str(table["profile"].iloc[-1])
+    table = table[(table["host"].fillna("warm") == "warm") & (table["profile"] == profile)]
     fig, axes = _figure(2, width=5.6, height=4.0)
     markers = {("4k", 1): "o", ("4k", 2): "s", ("2m", 1): "^", ("2m", 2): "D"}
     for ax, phase in zip(axes, ("startup", "touch all"), strict=True):
@@ -434,7 +436,8 @@ def plot_kvm_vs_model(df: pd.DataFrame) -> Figure:
         ax.set_yscale("log")
         ax.set_xlabel("guest size (GiB)")
         ax.set_ylabel("ns per 4 KiB page")
-        ax.set_title(f"{phase}: real KVM guest (solid, measured) vs model (dashed)")
+        ax.set_title(f"{phase}: KVM guest (solid, measured)\nvs model (dashed, {profile})",
+                     fontsize=9)
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
     return fig
 

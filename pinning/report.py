@@ -253,25 +253,27 @@ def _sources(df: pd.DataFrame, paths: Sequence[Path]) -> str:
             f"CPUs, host {vals('hostname')}, {vals('platform')}. Runs: {span}.")
 
 
-def _published(profiles: Sequence[str | Path] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from pinning.costs import load_profile
+def _published(profiles: list) -> tuple[pd.DataFrame, pd.DataFrame]:
     from pinning.ground import published_vs_model
 
-    loaded = [load_profile()] + [load_profile(p) for p in profiles or ()]
-    points, slopes = published_vs_model(loaded)
+    points, slopes = published_vs_model(profiles)
     return points.round(4), slopes.round(4)
 
 
-def _kvm_table(df: pd.DataFrame) -> pd.DataFrame:
-    from pinning.ground import kvm_vs_model
+def _profiles(paths: Sequence[str | Path] | None) -> list:
+    from pinning.costs import load_profile
 
-    table = kvm_vs_model(df) if "backing" in df else pd.DataFrame()
+    return [load_profile()] + [load_profile(p) for p in paths or ()]
+
+
+def _kvm_table(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         raise InputError("no kvm-backed benchmarks in the results (pinbench run --suite "
                          "ground, on a machine with /dev/kvm)")
     table = table.assign(guest=table["guest_size"].map(lambda b: f"{b / 2**30:g} GiB"))
-    cols = ["phase", "strategy", "guest", "level", "vcpus", "host", "measured_s", "modelled_s",
-            "ns_per_page", "model_ns_per_page", "rel_error", "kvm_pf_taken", "kvm_exits"]
+    cols = ["phase", "profile", "strategy", "guest", "level", "vcpus", "host", "measured_s",
+            "modelled_s", "ns_per_page", "model_ns_per_page", "rel_error", "kvm_pf_taken",
+            "kvm_exits"]
     return table[cols].round(4)
 
 
@@ -342,7 +344,8 @@ def write_report(paths: Sequence[Path], outdir: Path,
         "error = (modelled - published) / published. Slopes are least-squares fits in ms "
         "per GB (published: total boot). **Published** numbers are the series' own; "
         "**modelled** numbers are pinbench's event counts times the profile's costs.")
-    points, slopes = _published(profiles)
+    loaded = _profiles(profiles)  # bad profiles refused before anything is drawn
+    points, slopes = _published(loaded)
     b.table(lambda: slopes, "published vs model slopes")
     b.table(lambda: points, "published vs model points")
 
@@ -350,15 +353,18 @@ def write_report(paths: Sequence[Path], outdir: Path,
     b.p("The kvm backing (`pinbench run --suite ground`): a real guest through /dev/kvm, "
         "warm host. **Measured**: median startup (VM creation, populate + mlock for "
         "upfront, first guest instruction) and time for the guest to touch all its "
-        "memory, per 4 KiB page. **Modelled**: the model's prediction for the same "
-        "configuration under the profile the run used (`cost_profile`); it also prices "
+        "memory, per 4 KiB page. **Modelled**: the model run for the same configuration "
+        "under the default profile and each `--profile`; it also prices "
         "what this host cannot execute (cache flushes, WBINVD), so it is expected above "
         "the measurement by those events. This KVM is shadow-paging and nested (HOST.md): "
         "its fault path is not SEV's nested-paging one.")
     if "backing" in df and (df["backing"] == "kvm").any():
+        from pinning.ground import kvm_vs_model
+
+        kvm_rows = kvm_vs_model(df, loaded)
         b.figure("kvm_vs_model", "Real KVM guest vs model",
-                 lambda: plots.plot_kvm_vs_model(df))
-        b.table(lambda: _kvm_table(df), "kvm vs model")
+                 lambda: plots.plot_kvm_vs_model(kvm_rows))
+        b.table(lambda: _kvm_table(kvm_rows), "kvm vs model")
     else:
         b.p("These results hold no kvm-backed benchmark: run `pinbench run --suite ground` "
             "where /dev/kvm exists and pass its results file too.")

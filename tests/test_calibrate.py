@@ -251,8 +251,10 @@ def fake_kvm(monkeypatch, *, unavailable=None, demand_ns=5000, upfront_ns=700, e
         runs.append((strategy, backing, vcpus, host))
         pages = guest_size // 4096
         per = demand_ns if strategy == "demand" else upfront_ns
+        # KVM's fault count: every page under demand, one in 8 on populated memory
+        faults = pages if strategy == "demand" else pages // 8
         return types.SimpleNamespace(touch_ns=per * pages, pages_touched=pages, error=error,
-                                     stats={})
+                                     stats={"pf_taken": faults})
 
     mod = types.ModuleType("pinning.kvm")
     mod.kvm_unavailable = lambda: unavailable
@@ -267,8 +269,9 @@ def test_npf_exit_derivation(monkeypatch):
     runs = fake_kvm(monkeypatch)
     zero = Measurement("zero_frame_ns", 1100.0, True, "test")
     m = cal._npf_exit(cal._QUICK, zero)
-    assert m.measured and m.value_ns == 5000 - 700 - 1100
+    assert m.measured and m.value_ns == 5000 - 1100  # per demand fault, minus the frame
     assert "cross-check" in m.how and "1234" in m.how
+    assert "0.125 faults/page at 5600 ns" in m.how  # upfront: 8 pages per fault
     assert {r[0] for r in runs} == {"demand", "upfront"}
     assert all(r[1:] == ("4k", 1, "warm") for r in runs)
     assert len(runs) == 2 * cal._QUICK.kvm_reps

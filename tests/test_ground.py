@@ -73,3 +73,55 @@ def test_kvm_vs_model_pairs_measured_with_modelled() -> None:
     start = t.iloc[1]
     assert math.isclose(start.ns_per_page, 0.002e9 / 262144)
     assert touch.kvm_pf_taken == 262145
+
+
+def test_kvm_vs_model_reruns_the_model_under_each_profile() -> None:
+    default = load_profile()
+    doubled = replace(default, name="doubled",
+                      costs={k: 2 * v for k, v in default.costs.items()})
+    row = {"backing": "kvm", "strategy": "demand", "guest_size": 64 << 20, "level": "4k",
+           "vcpus": 1, "host": "warm", "pattern": "sequential", "touch_fraction": 1.0,
+           "cost_profile": "calibrated", "kvm_pages_touched": 16384}
+    df = pd.DataFrame([{**row, "family": "fault_storm", "median_s": 0.08}])
+    t = kvm_vs_model(df, [default, doubled]).set_index("profile")
+    assert list(t.index) == ["default", "doubled"]
+    expected = run_lifecycle(BenchConfig("fault_storm", "demand", 64 << 20), default)
+    assert math.isclose(t.loc["default", "modelled_s"], expected.model_ns["access"] / 1e9)
+    # one vCPU: the modelled time is a sum of priced events, so twice the costs, twice it
+    assert math.isclose(t.loc["doubled", "modelled_s"], 2 * t.loc["default", "modelled_s"])
+    assert (t["measured_s"] == 0.08).all()
+
+
+def test_report_sets_kvm_and_published_against_the_model(tmp_path) -> None:
+    from pathlib import Path
+
+    from pinning.report import write_report
+
+    root = Path(__file__).resolve().parent.parent
+    sample = root / "tests" / "data" / "ground-sample.json"  # 1 GiB kvm/real, from the ground run
+    profile = root / "results" / "calibrated-reference.toml"
+    written = write_report([sample], tmp_path / "r", profiles=[profile])
+    assert "kvm_vs_model.png" in written
+    md = (tmp_path / "r" / "report.md").read_text()
+    published = md.split("## Model against published boot times", 1)[1].split("\n## ", 1)[0]
+    assert "| upfront | default |" in published and "| upfront | calibrated |" in published
+    kvm = md.split("## Real KVM guest against the model", 1)[1].split("\n## ", 1)[0]
+    assert "![Real KVM guest vs model](kvm_vs_model.png)" in kvm
+    # measured rows of both phases and strategies, each under both profiles, cold labelled
+    for words in ("| touch all | calibrated | demand | 1 GiB | 4k | 1 | warm |",
+                  "| startup | default | upfront | 1 GiB | 2m | 1 | warm |",
+                  "| touch all | calibrated | upfront | 1 GiB | 4k | 1 | cold |"):
+        assert words in kvm, words
+    assert "Not shown" not in kvm
+
+
+def test_report_without_kvm_results_says_how_to_get_them(tmp_path) -> None:
+    from pathlib import Path
+
+    from pinning.report import write_report
+
+    sample = Path(__file__).resolve().parent / "data" / "quick-sample.json"
+    write_report([sample], tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "pinbench run --suite ground" in md
+    assert not (tmp_path / "r" / "kvm_vs_model.png").exists()
