@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from pinning import kvm_guest as guest
-from pinning.levels import PAGE_SIZE, InputError, format_size
+from pinning.levels import PAGE_SIZE, InputError, available_memory, format_size
 
 BACKINGS = ("4k", "thp")
 PATTERNS = ("sequential", "random")
@@ -648,11 +648,7 @@ def _integer(value: Any) -> int | None:
 
 
 def _mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no MemAvailable in /proc/meminfo")
+    return available_memory()
 
 
 def _validate(guest_size: int, strategy: str, backing: str, vcpus: int, touch_fraction: float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 PAGE_SIZE = 4096
@@ -75,3 +76,15 @@ def format_size(nbytes: int | float) -> str:
             v = nbytes / mult
             return f"{v:.0f}{suffix}" if v == int(v) else f"{v:.2f}{suffix}"
     return f"{int(nbytes)}B"
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo in bytes (or physical memory where that is missing)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pinning.levels import InputError, format_size
+from pinning.levels import InputError, available_memory, format_size
 
 QEMU = "qemu-system-x86_64"
 INSTALL_HINT = "apt-get install qemu-system-x86"
@@ -77,8 +77,6 @@ def qemu_version(binary: str | None = None) -> str:
 
 
 def _available_memory() -> int:
-    from pinning.sim import available_memory
-
     return available_memory()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from pinning import kernels as K
 from pinning.hostmem import anon_array
-from pinning.levels import PAGE_SIZE, InputError, format_size, unit_pages
+from pinning.levels import PAGE_SIZE, InputError, available_memory, format_size, unit_pages
 from pinning.workload import PATTERNS, Trace, random_units, touched_units
 
 STRATEGIES = {"upfront": K.UPFRONT, "demand": K.DEMAND}
@@ -75,18 +74,6 @@ def memory_needed(strategy: str, guest_pages: int, level: str, remapped_pages: i
     n_units = guest_pages // unit_pages(level)
     host = 8 * guest_pages + 4 * 2 * (cap + 1) + 8 * cap + n_units
     return host + metadata_bytes(strategy, guest_pages) + pattern_units
-
-
-def available_memory() -> int:
-    """MemAvailable from /proc/meminfo in bytes (or physical memory where that is missing)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_fits(needed: int, what: str) -> None:
