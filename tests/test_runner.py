@@ -120,6 +120,23 @@ def test_too_big_configuration_is_skipped_and_the_rest_run(tmp_path):
         "startup/upfront/4MiB/4k"]
 
 
+def test_kvm_benchmark_is_skipped_with_the_reason_where_kvm_is_unusable(tmp_path, monkeypatch,
+                                                                        capsys):
+    import pinning.kvm
+    from pinning.runner import run_suite
+    from pinning.suite import load_suite
+
+    monkeypatch.setattr(pinning.kvm, "kvm_unavailable",
+                        lambda: "/dev/kvm: No such file or directory")
+    path = tmp_path / "k.toml"
+    path.write_text("[suite]\nprocesses=1\nvalues=1\n[[benchmark]]\nworkload='startup'\n"
+                    "strategy='upfront'\nguest_size='4MiB'\nbacking=['kvm', 'sim']\n")
+    report = run_suite(load_suite(str(path)), tmp_path / "r.json", stream=sys.stderr)
+    assert report.skipped == [("startup/upfront/4MiB/4k/kvm/1vcpu/sequential",
+                               "needs /dev/kvm: /dev/kvm: No such file or directory")]
+    assert report.done == ["startup/upfront/4MiB/4k"] and not report.failed
+
+
 def test_failing_benchmark_is_named_others_run_exit_1(tiny, tmp_path):
     bench = tmp_path / "bench"
     bench.mkdir()
