@@ -371,6 +371,8 @@ def format_noise(noise: dict[str, object], threshold: float, level: str = "95 %"
     return "\n".join(lines)
 
 
+# -- main -----------------------------------------------------------------------------------
+
 def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
          outdir: str | Path | None = None, aa: bool = False, threshold: float = 0.05,
          repo: str | Path = ".", deps: str = "install",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from pinning.sim import (
 from pinning.suite import BenchConfig
 from pinning.vcpu import VcpuResult, run_workload
 from pinning.workload import Phase, Remap, Workload, make_workload, workload_bytes
+
+if TYPE_CHECKING:
+    from pinning.realmem import GuestMemory
 
 #: Idle seconds before a "cold" value: this VM's host reclaims idle free memory after
 #: a few seconds (HOST.md), so the guest's memory is then backed afresh by the host.
@@ -156,7 +159,7 @@ def _run_kvm(config: BenchConfig) -> LifecycleResult:
 
 
 def _run_model(config: BenchConfig, profile: CostProfile, workload: Workload,
-               mem: Any) -> LifecycleResult:
+               mem: GuestMemory | None) -> LifecycleResult:
     """The model's lifecycle; with ``mem`` (a realmem.GuestMemory) on real guest RAM too."""
     code = strategy_code(config.strategy)
     upages = unit_pages(config.level)
