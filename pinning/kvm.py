@@ -34,6 +34,7 @@ import numpy as np
 
 from pinning import kvm_guest as guest
 from pinning.levels import PAGE_SIZE, InputError, available_memory, format_size
+from pinning.realmem import GuestMemory
 
 BACKINGS = ("4k", "thp")
 PATTERNS = ("sequential", "random")
@@ -223,19 +224,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _ioctl = _libc.ioctl
 _ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _ioctl.restype = ctypes.c_int
-_mmap = _libc.mmap
+_mmap = _libc.mmap  # the vCPUs' kvm_run areas (an fd's MAP_SHARED mapping)
 _mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                   ctypes.c_int, ctypes.c_long]
 _mmap.restype = ctypes.c_void_p
 MAP_FAILED = ctypes.c_void_p(-1).value
-for _fn in (_libc.munmap, _libc.mlock, _libc.munlock):
+for _fn in (_libc.munmap, _libc.mlock):
     _fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     _fn.restype = ctypes.c_int
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.madvise.restype = ctypes.c_int
-
-MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15
-MADV_POPULATE_WRITE = 23  # Linux 5.14; Python's mmap module has it only from 3.13
 
 
 def _check(ret: int, what: str) -> int:
@@ -255,27 +251,6 @@ def kvm_ioctl(fd: int, request: int, arg: int = 0) -> int:
         if e != errno.EINTR:
             name = _IOCTL_NAMES.get(request, hex(request))
             raise OSError(e, f"{name}: {os.strerror(e)}")
-
-
-def _mmap_anon(size: int, align: int = guest.HUGE_SIZE) -> int:
-    """Private anonymous mapping of ``size`` bytes at an ``align``-aligned address.
-
-    Over-allocates by ``align`` and trims both ends, so that a 2 MiB range of the
-    mapping is a 2 MiB range of guest-physical memory (needed for THP, and for KVM
-    to map it with 2 MiB shadow pages).
-    """
-    raw = _mmap(None, size + align, mmap.PROT_READ | mmap.PROT_WRITE,
-                mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
-    if raw == MAP_FAILED or raw is None:
-        e = ctypes.get_errno()
-        raise OSError(e, f"mmap of {format_size(size)}: {os.strerror(e)}")
-    addr = -(-raw // align) * align
-    if addr > raw:
-        _check(_libc.munmap(raw, addr - raw), "munmap")
-    tail = raw + size + align - (addr + size)
-    if tail:
-        _check(_libc.munmap(addr + size, tail), "munmap")
-    return addr
 
 
 # --- availability -------------------------------------------------------------------------
@@ -364,41 +339,34 @@ class _Vm:
         self.vm_fd = -1
         self.vcpus: list[_Vcpu] = []
         self.threads: list[threading.Thread] = []
+        self.mem: GuestMemory | None = None  # guest RAM
         self.ram = 0
         self.ram_size = 0
-        self.ram_locked = False
         self.sys = 0
         self.vm_stats: _Stats | None = None
         self.vcpu_stats: _Stats | None = None  # descriptors of vCPU 0, valid for all
 
     # resources -----------------------------------------------------------------------
     def map_ram(self, size: int, backing: str) -> None:
-        self.ram = _mmap_anon(size)
-        self.ram_size = size
+        # 2 MiB-aligned, so that a 2 MiB range of the mapping is one of guest-physical
+        # memory (THP, and KVM's 2 MiB shadow pages); munlock + munmap on release.
+        self.mem = GuestMemory(size, "2m" if backing == "thp" else "4k")
         self._stack.callback(self._release_ram)
-        advice = MADV_HUGEPAGE if backing == "thp" else MADV_NOHUGEPAGE
-        _check(_libc.madvise(self.ram, size, advice), "madvise(guest RAM)")
+        self.ram, self.ram_size = self.mem.addr, size
 
     def _release_ram(self) -> None:
-        try:
-            if self.ram_locked:
-                self.ram_locked = False
-                _check(_libc.munlock(self.ram, self.ram_size), "munlock(guest RAM)")
-        finally:
-            _check(_libc.munmap(self.ram, self.ram_size), "munmap(guest RAM)")
-            self.ram = 0
+        self.mem.release()
+        self.ram = 0
 
     def map_system(self, layout: guest.SystemLayout, table: np.ndarray | None) -> None:
-        addr = _mmap_anon(layout.size)
-        self._stack.callback(_libc.munmap, addr, layout.size)
-        self.sys = addr
         # THP where possible: the whole memslot then costs KVM one fault per 2 MiB.
-        _check(_libc.madvise(addr, layout.size, MADV_HUGEPAGE), "madvise(system memory)")
-        mem = np.ctypeslib.as_array((ctypes.c_uint8 * layout.size).from_address(addr))
+        sysmem = GuestMemory(layout.size, "2m")
+        self._stack.callback(sysmem.release)
+        self.sys = sysmem.addr
+        mem = np.ctypeslib.as_array((ctypes.c_uint8 * layout.size).from_address(self.sys))
         layout.write(mem, table)
         # Populated in full: system memory is the VMM's, not guest RAM being measured.
-        _check(_libc.madvise(addr, layout.size, MADV_POPULATE_WRITE),
-               "madvise(MADV_POPULATE_WRITE, system memory)")
+        sysmem.populate()
 
     def create(self, layout: guest.SystemLayout, regs: list[dict[str, int]]) -> None:
         """KVM_CREATE_VM, both memslots, and one set-up vCPU per entry of ``regs``."""
@@ -723,9 +691,10 @@ def run_vm(guest_size: int, *, strategy: str = "demand", backing: str = "4k", vc
 
         if strategy == "upfront":
             t0 = time.perf_counter_ns()
-            if _libc.madvise(vm.ram, guest_size, MADV_POPULATE_WRITE) < 0:
-                e = ctypes.get_errno()
-                error = f"MADV_POPULATE_WRITE of guest RAM failed: {os.strerror(e)}"
+            try:
+                vm.mem.populate()
+            except OSError as exc:
+                error = f"MADV_POPULATE_WRITE of guest RAM failed: {os.strerror(exc.errno)}"
             t1 = time.perf_counter_ns()
             populate_ns = t1 - t0
             if error is None:
@@ -738,7 +707,7 @@ def run_vm(guest_size: int, *, strategy: str = "demand", backing: str = "4k", vc
                              f"{errno.errorcode.get(e, e)} ({os.strerror(e)}); without "
                              f"CAP_IPC_LOCK RLIMIT_MEMLOCK ({limit_text}) limits it")
                 else:
-                    vm.ram_locked = True
+                    vm.mem.locked = True  # munlock on release
                 lock_ns = time.perf_counter_ns() - t1
 
         if error is None:  # as upstream: if pinning fails, the VM never runs

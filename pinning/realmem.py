@@ -18,7 +18,6 @@ import threading
 
 import numpy as np
 
-from pinning.hostmem import touch_units
 from pinning.levels import PAGE_SIZE, InputError, format_size
 
 #: Python 3.11's mmap module lacks this constant (Linux 5.14+).
@@ -40,7 +39,11 @@ def _check(rc: int, what: str) -> None:
 
 
 class GuestMemory:
-    """A guest's RAM on a real anonymous mapping; release() (or ``with``) unmaps it."""
+    """A guest's RAM on a real anonymous mapping; release() (or ``with``) unmaps it.
+
+    Also the kvm backing's guest RAM and system memslot (pinning.kvm), so that real
+    guest memory is mapped, advised and released in one place.
+    """
 
     def __init__(self, guest_size: int, level: str) -> None:
         if level not in REAL_LEVELS:
@@ -82,6 +85,8 @@ class GuestMemory:
         ``units[bounds[v]:bounds[v+1]]`` on its own thread (the kernel releases the GIL, so
         first-touch faults of several vCPUs run in parallel as they would in a guest).
         Returns the number of pages written."""
+        from pinning.hostmem import touch_units  # numba: only where the model touches
+
         nv = len(bounds) - 1
         if nv == 1:
             return int(touch_units(self.words, units, unit_pages, 0, len(units)))
