@@ -346,11 +346,11 @@ def _simulate_real(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         model = run_lifecycle(replace(config, backing="sim", host="warm"), profile)
+    # a phase's events are the counters' growth in it, so their sum is the run's total
     counters: dict[str, int] = {}
     for events in model.events.values():
         for name, value in events.items():
-            counters[name] = (max(counters.get(name, 0), value) if name.endswith(("_peak",
-                              "_end", "leaked_refs")) else counters.get(name, 0) + value)
+            counters[name] = counters.get(name, 0) + value
     out = {"strategy": config.strategy, "level": config.level,
            "guest_pages": config.guest_pages, "backing": backing, "host": config.host,
            **counters, "error": res.error, "elapsed_ns": dict(res.elapsed_ns)}
