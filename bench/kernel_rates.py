@@ -31,9 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pinning.hostmem import random_update, stream_write, warm_host  # noqa: E402
-from pinning.levels import format_size  # noqa: E402
-from pinning.sim import memory_needed, simulate, warm_up  # noqa: E402
+from pinning.backends.hostmem import random_update, stream_write, warm_host  # noqa: E402
+from pinning.model.state import memory_needed, simulate, warm_up  # noqa: E402
+from pinning.model.units import format_size  # noqa: E402
 
 GiB = 1 << 30
 
@@ -148,7 +148,8 @@ def one_tib(size: str) -> list[dict]:
 
 def jit_first_call() -> dict:
     """First call of the kernels in a new process: empty numba cache, then warm cache."""
-    code = ("import time; from pinning.sim import warm_up; t = time.perf_counter(); warm_up(); "
+    code = ("import time; from pinning.model.state import warm_up; "
+            "t = time.perf_counter(); warm_up(); "
             "print(time.perf_counter() - t)")
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}

@@ -6,7 +6,7 @@ Options: pinbench's (--strategy, --guest-size, --level, --vcpus, --pattern, --la
 --touch-fraction, --seed, --backing, --remap-fraction, --cost-profile) and pyperf's own.
 """
 
-from pinning.benchmarks import main
+from pinning.harness.bench import main
 
 if __name__ == "__main__":
     main("lifecycle")

@@ -2,9 +2,9 @@
 """Upfront populate of the kvm backing next to QEMU's own preallocation, measured in one run.
 
 For each guest size, ``--repeat`` rounds, each of (host warmed right before every step):
-  * pinning.kvm.run_vm(strategy="upfront") with THP and with 4 KiB backing: the time to
+  * pinning.backends.kvm.run_vm(strategy="upfront") with THP and with 4 KiB backing: the time to
     populate guest RAM (MADV_POPULATE_WRITE) and to mlock it (the guest touches one page);
-  * pinning.qemu.start_to_qmp with prealloc=off and prealloc=on: QEMU's preallocation is
+  * pinning.backends.qemu.start_to_qmp with prealloc=off and prealloc=on: QEMU's preallocation is
     the difference (QEMU backs preallocated RAM with huge pages where it can).
 Prints medians (min-max) and the ratio kvm populate / QEMU prealloc per size; --json
 writes everything. Needs /dev/kvm and qemu-system-x86_64 (apt-get install qemu-system-x86).
@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pinning.hostmem import warm_host  # noqa: E402
-from pinning.levels import InputError, format_size, parse_size  # noqa: E402
+from pinning.backends.hostmem import warm_host  # noqa: E402
+from pinning.model.units import InputError, format_size, parse_size  # noqa: E402
 
 
 def _med(xs: list[float]) -> dict[str, float]:
@@ -37,7 +37,7 @@ def _fmt(d: dict[str, float]) -> str:
 
 def measure(size: int, repeat: int) -> dict[str, object]:
     """One size: every condition ``repeat`` times, interleaved round by round."""
-    from pinning import kvm, qemu
+    from pinning.backends import kvm, qemu
 
     out: dict[str, list[float]] = {k: [] for k in (
         "kvm_thp_populate_ns", "kvm_thp_lock_ns", "kvm_4k_populate_ns", "kvm_4k_lock_ns",
@@ -79,8 +79,8 @@ def main() -> int:
     except InputError as exc:
         print(f"populate_vs_qemu: error: {exc}", file=sys.stderr)
         return 2
-    from pinning.kvm import kvm_unavailable
-    from pinning.qemu import qemu_unavailable
+    from pinning.backends.kvm import kvm_unavailable
+    from pinning.backends.qemu import qemu_unavailable
 
     missing = kvm_unavailable() or qemu_unavailable()
     if missing:

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""pyperf benchmark. QEMU as a peer of pinning/kvm.py: time from starting qemu-system-x86_64
+"""pyperf benchmark. QEMU as a peer of backends/kvm.py: time from starting qemu-system-x86_64
 (KVM, paused with -S) to a ready QMP monitor, with guest RAM preallocated (prealloc=on: QEMU
 populates all of it upfront) or not (prealloc=off: the cost of starting QEMU alone).
 
 One benchmark per size and prealloc, e.g. ``qemu/start_to_qmp/4GiB/prealloc-on``; the host's
-memory is warmed (populated and freed, pinning.hostmem.warm_host) before every value.
+memory is warmed (populated and freed, pinning.backends.hostmem.warm_host) before every value.
 
 Example: python bench/qemu_peer.py --sizes 2GiB,4GiB,8GiB -o qemu.json
 Options: --sizes (default 2GiB,4GiB,8GiB), --prealloc (default off,on), --skip-missing
@@ -19,8 +19,7 @@ import argparse
 import sys
 
 from pinning import __version__
-from pinning.levels import InputError, format_size, parse_size
-from pinning.qemu import (
+from pinning.backends.qemu import (
     QemuError,
     check_guest_size,
     qemu_binary,
@@ -29,7 +28,8 @@ from pinning.qemu import (
     qemu_version,
     start_to_qmp,
 )
-from pinning.suite import SCHEMA_VERSION
+from pinning.harness.suite import SCHEMA_VERSION
+from pinning.model.units import InputError, format_size, parse_size
 
 FAMILY = "qemu_peer"
 DEFAULT_SIZES = "2GiB,4GiB,8GiB"

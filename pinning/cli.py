@@ -8,8 +8,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pinning.levels import LEVELS, PAGE_SIZE, InputError, format_size, guest_pages_for, parse_size
-from pinning.workload import PATTERNS, read_trace
+from pinning.model.units import (
+    LEVELS,
+    PAGE_SIZE,
+    InputError,
+    format_size,
+    guest_pages_for,
+    parse_size,
+)
+from pinning.model.workloads import PATTERNS, read_trace
 
 EXIT_BAD_INPUT = 2
 
@@ -184,15 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``pinbench report``: write the report files and print their paths."""
-    from pinning.report import main as report_main
+    from pinning.analysis.report import main as report_main
 
     return report_main(args.results, args.output, args.profile)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``pinbench compare``: 0 no regression, 1 regression, 2 unusable input."""
-    from pinning.compare import main as compare_main
-    from pinning.compare import parse_threshold
+    from pinning.analysis.compare import main as compare_main
+    from pinning.analysis.compare import parse_threshold
 
     return compare_main(args.base, args.head, threshold=parse_threshold(args.threshold),
                         fmt=args.fmt, fail_on_model_change=args.fail_on_model_change)
@@ -200,8 +207,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_compare_branches(args: argparse.Namespace) -> int:
     """``pinbench compare-branches``: like compare, on two git refs run here."""
-    from pinning.branches import main as branches_main
-    from pinning.compare import parse_threshold
+    from pinning.analysis.compare import parse_threshold
+    from pinning.harness.branches import main as branches_main
 
     return branches_main(args.base_ref, args.head_ref, suite=args.suite, outdir=args.output,
                          aa=args.aa, threshold=parse_threshold(args.threshold),
@@ -213,7 +220,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import socket
     from pathlib import Path
 
-    from pinning.calibrate import calibrate, format_measurements, write_calibrated
+    from pinning.harness.calibrate import calibrate, format_measurements, write_calibrated
 
     output = Path(args.output or f"results/calibrated-{socket.gethostname()}.toml")
     if output.exists() and not args.force:
@@ -233,8 +240,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """``pinbench list``: the benchmarks of a suite, one per line."""
-    from pinning.runner import describe
-    from pinning.suite import load_suite
+    from pinning.harness.runner import describe
+    from pinning.harness.suite import load_suite
 
     suite = load_suite(args.suite)
     print(f"suite {suite.name} ({suite.source}): {len(suite.benchmarks)} benchmarks, "
@@ -249,8 +256,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from pinning.runner import run_suite
-    from pinning.suite import load_suite
+    from pinning.harness.runner import run_suite
+    from pinning.harness.suite import load_suite
 
     suite = load_suite(args.suite)
     output = Path(args.output or f"results/{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
@@ -276,8 +283,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, why in report.failed:
         print(f"FAILED {name}: {why}")
     if report.output:
-        from pinning.results import load_results
-        from pinning.summary import summary_table
+        from pinning.analysis.results import load_results
+        from pinning.analysis.summary import summary_table
 
         print()
         print(summary_table(load_results(report.output)))
@@ -293,7 +300,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return _simulate_real(args)
     if args.vcpus != 1 or args.host != "warm":
         raise InputError("--vcpus and --host apply to --backing real and --backend kvm")
-    from pinning.sim import simulate, warm_up
+    from pinning.model.state import simulate, warm_up
 
     guest_pages = guest_pages_for(args.guest_size, args.level)
     trace = read_trace(args.trace) if args.trace else None
@@ -319,11 +326,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _simulate_real(args: argparse.Namespace) -> int:
-    """simulate on real memory or a real VM: one lifecycle through pinning.lifecycle."""
-    from pinning.costs import load_profile
-    from pinning.lifecycle import backing_unavailable, config_bytes, run_lifecycle
-    from pinning.sim import check_fits, warm_up
-    from pinning.suite import BenchConfig
+    """simulate on real memory or a real VM: one lifecycle through pinning.model.lifecycle."""
+    from pinning.harness.suite import BenchConfig
+    from pinning.model.costs import load_profile
+    from pinning.model.lifecycle import backing_unavailable, config_bytes, run_lifecycle
+    from pinning.model.state import check_fits, warm_up
 
     if args.trace or args.memlock_limit is not None:
         raise InputError("--trace and --memlock-limit run on the sim only (drop --backing "
@@ -362,7 +369,7 @@ def _simulate_real(args: argparse.Namespace) -> int:
 
 def format_result(res: dict) -> str:
     """A readable table of one ``simulate`` result."""
-    from pinning.kernels import COUNTER_NAMES
+    from pinning.model.kernels.engine import COUNTER_NAMES
 
     size = format_size(res["guest_pages"] * PAGE_SIZE)
     lines = [f"{res['strategy']} pinning, {size} guest ({res['guest_pages']:,} pages), "

@@ -1,7 +1,7 @@
 """A slow, plain pure-Python reference model of upfront and demand pinning.
 
 Written straight from DESIGN.md sections 1/1a and docs/model.md, independently
-of ``pinning/kernels.py``: dicts, sets and lists, one step of the spec per line.
+of ``pinning/model/kernels/engine.py``: dicts, sets and lists, one step of the spec per line.
 It is the test oracle; speed does not matter.
 """
 
@@ -219,7 +219,7 @@ class RefVM:
         self.counters["leaked_refs"] = sum(self.refs.values()) - len(self.host_map)
 
     def snapshot(self) -> dict:
-        """The state in the shape of ``pinning.sim.snapshot``."""
+        """The state in the shape of ``pinning.model.state.snapshot``."""
         return {
             "host_map": dict(self.host_map),
             "refs": dict(self.refs),

@@ -84,7 +84,7 @@ def test_pyperf_script_records_parameters_events_and_model(tmp_path, script):
     assert md["param.workload"] == family and md["param.guest_size"] == 8 << 20
     assert md["pinbench.schema"] == 1
     # the run's events were recorded by the workers, identical in every run
-    from pinning.lifecycle import RUN_PHASES
+    from pinning.model.lifecycle import RUN_PHASES
 
     phases = RUN_PHASES[family]
     assert {k.split(".")[1] for k in md if k.startswith("events.")} == set(phases)
@@ -121,7 +121,7 @@ def test_bad_option_is_one_line_exit_2(tmp_path):
 
 
 def _kvm_reason() -> str | None:
-    from pinning.kvm import kvm_unavailable
+    from pinning.backends.kvm import kvm_unavailable
 
     return kvm_unavailable()
 

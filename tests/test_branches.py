@@ -1,4 +1,4 @@
-"""``pinbench compare-branches`` (pinning/branches.py) on a scratch git repository.
+"""``pinbench compare-branches`` (pinning/harness/branches.py) on a scratch git repository.
 
 The repository holds: ``bare`` (a README only), ``main`` (this project's tracked
 files), ``slow`` (main + an upfront startup doing 20 redundant passes over the
@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pinning import branches
-from pinning.levels import InputError
-from pinning.suite import load_suite, parse_suite
+from pinning.harness import branches
+from pinning.harness.suite import load_suite, parse_suite
+from pinning.model.units import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW = "startup/upfront/8GiB/4k"
@@ -90,7 +90,7 @@ def repo(tmp_path_factory) -> Path:
     commit_all(repo, "A: pinbench")
 
     git(repo, "checkout", "-q", "-b", "slow")
-    kernels = repo / "pinning" / "kernels.py"
+    kernels = repo / "pinning" / "model" / "kernels" / "engine.py"
     text = kernels.read_text()
     assert text.count(SLOW_ANCHOR) == 1
     kernels.write_text(text.replace(SLOW_ANCHOR, SLOW_PATCH + SLOW_ANCHOR))
@@ -301,7 +301,7 @@ def test_slower_commit_fails_and_is_named(repo, tmpdir_empty, suite_file, tmp_pa
     assert SLOW in std.out
     result = json.loads((out / "compare.json").read_text())
     assert result["exit_status"] == 1
-    from pinning.compare import compare_files
+    from pinning.analysis.compare import compare_files
 
     cmp = compare_files(out / "base.json", out / "head.json", threshold=0.2)
     # Only SLOW must gate: an unchanged benchmark may still differ by process-to-process

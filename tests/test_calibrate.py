@@ -19,9 +19,9 @@ import types
 import numba
 import pytest
 
-import pinning
-from pinning import calibrate as cal
-from pinning.calibrate import (
+import pinning.backends
+from pinning.harness import calibrate as cal
+from pinning.harness.calibrate import (
     NOT_MEASURABLE,
     Measurement,
     calibrate,
@@ -29,8 +29,8 @@ from pinning.calibrate import (
     profile_toml,
     write_calibrated,
 )
-from pinning.costs import COST_KEYS, load_profile
-from pinning.levels import InputError
+from pinning.model.costs import COST_KEYS, load_profile
+from pinning.model.units import InputError
 
 JIT = not numba.config.DISABLE_JIT
 X86 = platform.machine() in ("x86_64", "AMD64")
@@ -244,7 +244,7 @@ def test_mlock_refused_carries_pin_and_unpin(monkeypatch):
 
 
 def fake_kvm(monkeypatch, *, unavailable=None, demand_ns=5000, upfront_ns=700, error=""):
-    """Install a stand-in for pinning.kvm with the documented API."""
+    """Install a stand-in for pinning.backends.kvm with the documented API."""
     runs = []
 
     def run_vm(guest_size, *, strategy, backing, vcpus, touch_fraction, pattern, seed, host):
@@ -256,12 +256,12 @@ def fake_kvm(monkeypatch, *, unavailable=None, demand_ns=5000, upfront_ns=700, e
         return types.SimpleNamespace(touch_ns=per * pages, pages_touched=pages, error=error,
                                      stats={"pf_taken": faults})
 
-    mod = types.ModuleType("pinning.kvm")
+    mod = types.ModuleType("pinning.backends.kvm")
     mod.kvm_unavailable = lambda: unavailable
     mod.run_vm = run_vm
     mod.exit_round_trip_ns = lambda iterations=20000: 1234.0
-    monkeypatch.setitem(sys.modules, "pinning.kvm", mod)
-    monkeypatch.setattr(pinning, "kvm", mod, raising=False)
+    monkeypatch.setitem(sys.modules, "pinning.backends.kvm", mod)
+    monkeypatch.setattr(pinning.backends, "kvm", mod, raising=False)
     return runs
 
 
@@ -296,9 +296,9 @@ def test_npf_exit_carried_when_kvm_fails_or_is_implausible(monkeypatch, kw, why)
 
 def _real_kvm_reason() -> str | None:
     try:
-        from pinning import kvm
+        from pinning.backends import kvm
     except ImportError:
-        return "pinning.kvm does not exist"
+        return "pinning.backends.kvm does not exist"
     return kvm.kvm_unavailable()
 
 

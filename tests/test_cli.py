@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pinning.cli import main
-from pinning.kernels import COUNTER_NAMES
+from pinning.model.kernels.engine import COUNTER_NAMES
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -163,7 +163,7 @@ def test_missing_pattern_or_trace_is_a_usage_error():
 
 def test_calibrate_writes_a_profile_run_accepts(tmp_path, capsys):
     from pinning.cli import main
-    from pinning.costs import COST_KEYS, load_profile
+    from pinning.model.costs import COST_KEYS, load_profile
 
     out = tmp_path / "cal.toml"
     assert main(["calibrate", "--quick", "--no-kvm", "-o", str(out)]) == 0

@@ -1,4 +1,4 @@
-"""pinning.compare: verdicts that hold up statistically, exact modelled diffs, clear refusals."""
+"""analysis.compare: verdicts that hold up statistically, exact modelled diffs, clear refusals."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pyperf
 import pytest
 
-from pinning.compare import Comparison, compare_files, main, parse_threshold
-from pinning.levels import InputError
-from pinning.results import load_results
+from pinning.analysis.compare import Comparison, compare_files, main, parse_threshold
+from pinning.analysis.results import load_results
+from pinning.model.units import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "data" / "quick-sample.json"
@@ -234,7 +234,7 @@ def test_three_processes_a_side_cannot_gate_and_say_so(tmp_path: Path) -> None:
 
 
 def test_holm_adjustment() -> None:
-    from pinning.compare import holm
+    from pinning.analysis.compare import holm
 
     adj = holm(np.array([0.01, 0.04, 0.03, np.nan]))
     assert np.allclose(adj[:3], [0.03, 0.06, 0.06]) and np.isnan(adj[3])
@@ -256,7 +256,7 @@ def test_one_slowdown_among_many_still_gates_with_8_processes(tmp_path: Path) ->
 
 
 def test_two_stage_bootstrap_keeps_each_process_length() -> None:
-    from pinning.compare import _boot_runs
+    from pinning.analysis.compare import _boot_runs
 
     # one process of a single value 1.0, one of many values 3.0: every replicate's
     # per-process medians are 1 or 3, so their median is 1, 2 or 3

@@ -8,7 +8,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from pinning.costs import (
+from pinning.model.costs import (
     COST_KEYS,
     EVENT_COST,
     CostProfile,
@@ -16,7 +16,7 @@ from pinning.costs import (
     modelled_ns,
     write_profile,
 )
-from pinning.levels import InputError
+from pinning.model.units import InputError
 
 GOOD = """\
 npf_exit_ns = 1000
@@ -50,7 +50,7 @@ def test_default_profile_has_every_key():
 
 
 def test_every_default_names_its_source():
-    text = resources.files("pinning.profiles").joinpath("default.toml").read_text()
+    text = resources.files("pinning.model.profiles").joinpath("default.toml").read_text()
     lines = text.splitlines()
     for key in COST_KEYS:
         (at,) = [i for i, line in enumerate(lines) if line.startswith(f"{key} =")]

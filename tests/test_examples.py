@@ -2,15 +2,15 @@
 
 Every expected value below was derived by hand from the spec (the comments
 show the working), not copied from a run. Each example is checked against the
-kernels (``pinning.sim.simulate``) and against the reference model.
+kernels (``pinning.model.state.simulate``) and against the reference model.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from pinning.sim import simulate, snapshot
-from pinning.workload import Trace
+from pinning.model.state import simulate, snapshot
+from pinning.model.workloads import Trace
 from tests.reference import COUNTER_NAMES, run_reference
 
 MIB2 = 512 * 4096  # bytes in one 2m unit

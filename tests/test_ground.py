@@ -1,4 +1,4 @@
-"""Model against ground truth: published boot times and the kvm backing (pinning.ground)."""
+"""Model against ground truth: published boot times and the kvm backing (analysis.ground)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pinning.costs import load_profile
-from pinning.ground import kvm_vs_model, published_vs_model, startup_events
-from pinning.lifecycle import run_lifecycle
-from pinning.stats import PUBLISHED_BOOT, PUBLISHED_FIXED_S
-from pinning.suite import BenchConfig
+from pinning.analysis.ground import kvm_vs_model, published_vs_model, startup_events
+from pinning.analysis.stats import PUBLISHED_BOOT, PUBLISHED_FIXED_S
+from pinning.harness.suite import BenchConfig
+from pinning.model.costs import load_profile
+from pinning.model.lifecycle import run_lifecycle
 
 GiB = 1 << 30
 
@@ -95,7 +95,7 @@ def test_kvm_vs_model_reruns_the_model_under_each_profile() -> None:
 def test_report_sets_kvm_and_published_against_the_model(tmp_path) -> None:
     from pathlib import Path
 
-    from pinning.report import write_report
+    from pinning.analysis.report import write_report
 
     root = Path(__file__).resolve().parent.parent
     sample = root / "tests" / "data" / "ground-sample.json"  # 1 GiB kvm/real, from the ground run
@@ -118,7 +118,7 @@ def test_report_sets_kvm_and_published_against_the_model(tmp_path) -> None:
 def test_report_without_kvm_results_says_how_to_get_them(tmp_path) -> None:
     from pathlib import Path
 
-    from pinning.report import write_report
+    from pinning.analysis.report import write_report
 
     sample = Path(__file__).resolve().parent / "data" / "quick-sample.json"
     write_report([sample], tmp_path / "r")

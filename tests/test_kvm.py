@@ -1,4 +1,4 @@
-"""pinning.kvm: a real KVM guest through /dev/kvm (skipped where KVM cannot run it).
+"""pinning.backends.kvm: a real KVM guest through /dev/kvm (skipped where KVM cannot run it).
 
 No assertion here depends on absolute times (the machine is shared and noisy): they
 check page counts, what the guest wrote, KVM's own fault counters, ratios with a
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pinning import kvm, kvm_guest
-from pinning.levels import InputError
+from pinning.backends import kvm, kvm_guest
+from pinning.model.units import InputError
 
 _REASON = kvm.kvm_unavailable()
 if _REASON is not None:

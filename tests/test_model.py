@@ -1,7 +1,7 @@
 """Property tests: the Numba kernels agree with the pure-Python reference model.
 
 Random traces of accesses and remaps (both strategies, 4k/2m/1g, tiny
-memory-lock limits) are run through ``pinning.sim.simulate`` and through
+memory-lock limits) are run through ``pinning.model.state.simulate`` and through
 ``tests.reference``; every counter, the error flag and the final state must
 agree, with and without teardown. Every kernel result is also checked against
 the model's invariants.
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from pinning.sim import simulate, snapshot
-from pinning.workload import Trace
+from pinning.model.state import simulate, snapshot
+from pinning.model.workloads import Trace
 from tests.reference import (
     COUNTER_NAMES,
     LEVEL_UNIT_PAGES,

@@ -92,7 +92,7 @@ def test_notebook_uses_the_library_only(path: Path) -> None:
 
 
 def test_explore_shows_every_plot() -> None:
-    plots = pytest.importorskip("pinning.plots")
+    plots = pytest.importorskip("pinning.analysis.plots")
     text = "\n".join(source(c) for c in code_cells(read(NOTEBOOKS / "explore.ipynb")))
     missing = [fn.__name__ for _, fn in plots.PLOTS.values()
                if f"plots.{fn.__name__}(" not in text]

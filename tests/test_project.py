@@ -38,7 +38,8 @@ def test_ruff_is_clean():
 @pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="JIT is off")
 def test_second_process_loads_kernels_from_the_numba_cache(tmp_path):
     code = (
-        "import json; from pinning import kernels as K; from pinning.sim import warm_up; "
+        "import json; from pinning.model.kernels import engine as K; "
+        "from pinning.model.state import warm_up; "
         "warm_up(); s = K.run.stats; "
         "print(json.dumps({'hits': sum(s.cache_hits.values()), "
         "'misses': sum(s.cache_misses.values())}))"

@@ -1,4 +1,4 @@
-"""QEMU as a peer (pinning/qemu.py, bench/qemu_peer.py): real QEMU starts at small sizes.
+"""QEMU as a peer (pinning/backends/qemu.py, bench/qemu_peer.py): real QEMU starts at small sizes.
 
 Tests that start QEMU skip where qemu-system-x86_64 or /dev/kvm is missing; input checks
 and the bench script's missing-QEMU paths run everywhere.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pinning import qemu
-from pinning.levels import InputError
-from pinning.qemu import QemuError, qemu_unavailable, start_to_qmp
+from pinning.backends import qemu
+from pinning.backends.qemu import QemuError, qemu_unavailable, start_to_qmp
+from pinning.model.units import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "qemu_peer.py"
@@ -123,7 +123,7 @@ def test_qemu_failure_is_reported_and_cleaned_up(monkeypatch, leaves_nothing):
 def test_qemu_dies_with_a_killed_caller(leaves_nothing):
     """SIGKILL of the calling process cannot run its cleanup: the watchdog kills QEMU."""
     child = subprocess.Popen([sys.executable, "-c", (
-        "import time, pinning.qemu as q\n"
+        "import time, pinning.backends.qemu as q\n"
         "q._Qmp.read = lambda self, deadline: time.sleep(60)\n"
         "q.start_to_qmp(64 << 20, prealloc=False, host='cold')\n")], cwd=ROOT)
     before = our_processes(qemu_only=True)

@@ -8,11 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pinning.costs import load_profile
-from pinning.levels import InputError
-from pinning.lifecycle import lifecycle_metadata, run_lifecycle
-from pinning.realmem import GuestMemory
-from pinning.suite import BenchConfig
+from pinning.backends.realmem import GuestMemory
+from pinning.harness.suite import BenchConfig
+from pinning.model.costs import load_profile
+from pinning.model.lifecycle import lifecycle_metadata, run_lifecycle
+from pinning.model.units import InputError
 
 MiB = 1 << 20
 
@@ -91,7 +91,7 @@ def mapped(addr: int) -> bool:
 @pytest.mark.parametrize("strategy", ["upfront", "demand"])
 def test_real_backing_keeps_the_models_events_and_releases_guest_ram(
         strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pinning.realmem as realmem
+    import pinning.backends.realmem as realmem
 
     made: list[GuestMemory] = []
 

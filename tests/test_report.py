@@ -1,4 +1,4 @@
-"""pinning.plots and pinning.report: figures from real results, reports with notes for gaps."""
+"""analysis.plots and analysis.report: figures from real results, reports with notes for gaps."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pyperf
 import pytest
 from matplotlib.figure import Figure
 
-from pinning import plots
-from pinning.levels import InputError
-from pinning.report import format_seconds, main, summary_frame, summary_table, write_report
-from pinning.results import load_results
+from pinning.analysis import plots
+from pinning.analysis.report import format_seconds, main, summary_frame, summary_table, write_report
+from pinning.analysis.results import load_results
+from pinning.model.units import InputError
 
 SAMPLE = Path(__file__).parent / "data" / "quick-sample.json"
 

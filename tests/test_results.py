@@ -1,4 +1,4 @@
-"""pinning.results: the loader round-trips real results, fills gaps, refuses bad files clearly."""
+"""analysis.results: the loader round-trips real results, fills gaps, refuses bad files clearly."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pandas as pd
 import pyperf
 import pytest
 
-from pinning.levels import InputError
-from pinning.results import (
+from pinning.analysis.results import (
     COUNTERS,
     PARAMS,
     latency_quantiles,
@@ -19,6 +18,7 @@ from pinning.results import (
     read_suite,
     timeline,
 )
+from pinning.model.units import InputError
 
 SAMPLE = Path(__file__).parent / "data" / "quick-sample.json"
 

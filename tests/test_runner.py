@@ -122,11 +122,11 @@ def test_too_big_configuration_is_skipped_and_the_rest_run(tmp_path):
 
 def test_kvm_benchmark_is_skipped_with_the_reason_where_kvm_is_unusable(tmp_path, monkeypatch,
                                                                         capsys):
-    import pinning.kvm
-    from pinning.runner import run_suite
-    from pinning.suite import load_suite
+    import pinning.backends.kvm
+    from pinning.harness.runner import run_suite
+    from pinning.harness.suite import load_suite
 
-    monkeypatch.setattr(pinning.kvm, "kvm_unavailable",
+    monkeypatch.setattr(pinning.backends.kvm, "kvm_unavailable",
                         lambda: "/dev/kvm: No such file or directory")
     path = tmp_path / "k.toml"
     path.write_text("[suite]\nprocesses=1\nvalues=1\n[[benchmark]]\nworkload='startup'\n"
@@ -200,7 +200,7 @@ def test_bad_cost_profile_is_refused_before_running(tiny, tmp_path):
 def test_progress_is_a_live_line_on_a_terminal_and_plain_lines_elsewhere():
     import io
 
-    from pinning.runner import Progress
+    from pinning.harness.runner import Progress
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

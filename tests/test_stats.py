@@ -1,4 +1,4 @@
-"""pinning.stats: scaling exponents with CIs, break-even, latency table, published data."""
+"""pinning.analysis.stats: scaling exponents with CIs, break-even, latency table, published data."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pinning.levels import InputError
-from pinning.results import load_results
-from pinning.stats import (
+from pinning.analysis.results import load_results
+from pinning.analysis.stats import (
     PUBLISHED_BOOT,
     break_even,
     latency_table,
@@ -19,6 +18,7 @@ from pinning.stats import (
     published_k,
     scaling_fit,
 )
+from pinning.model.units import InputError
 
 SAMPLE = Path(__file__).parent / "data" / "quick-sample.json"
 SIZES = (1, 2, 4, 8, 16, 32, 64)

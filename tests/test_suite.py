@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pinning.levels import InputError
-from pinning.suite import BenchConfig, builtin_suites, load_suite, parse_suite
+from pinning.harness.suite import BenchConfig, builtin_suites, load_suite, parse_suite
+from pinning.model.units import InputError
 
 GiB = 1 << 30
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pinning import kernels as K
-from pinning import sim
-from pinning.costs import COST_KEYS, CostProfile
-from pinning.levels import InputError, unit_pages
-from pinning.vcpu import TIMELINE_SAMPLES, VcpuResult, run_workload
-from pinning.workload import Phase, Remap, Workload
+from pinning.model import state as sim
+from pinning.model.costs import COST_KEYS, CostProfile
+from pinning.model.kernels import engine as K
+from pinning.model.units import InputError, unit_pages
+from pinning.model.vcpu import TIMELINE_SAMPLES, VcpuResult, run_workload
+from pinning.model.workloads import Phase, Remap, Workload
 
 STRATEGIES = ("upfront", "demand")
 

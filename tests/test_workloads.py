@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pinning import kernels as K
-from pinning import workload as W
-from pinning.levels import InputError
-from pinning.workload import (
+from pinning.model import workloads as W
+from pinning.model.kernels import engine as K
+from pinning.model.units import InputError
+from pinning.model.workloads import (
     ACCESS_PATTERNS,
     LAYOUTS,
     Phase,

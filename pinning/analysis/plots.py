@@ -1,0 +1,454 @@
+"""Plots of pinbench results: matplotlib Figures for reports, notebooks and tests.
+
+Every function takes the frame of :func:`pinning.analysis.results.load_results`, returns a
+:class:`matplotlib.figure.Figure` (object-oriented API, no pyplot state) drawn in one
+shared style (``STYLE``; the same colour per strategy everywhere), labels each number
+**measured** (wall time of the model's bookkeeping) or **modelled** (event counts x
+cost profile, vCPU model), and raises InputError naming the missing data when the
+frame lacks what it needs. Save with ``fig.savefig(path)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import NullLocator, ScalarFormatter
+
+from pinning.analysis.results import latency_quantiles, timeline
+from pinning.analysis.stats import (
+    PUBLISHED_BOOT,
+    PUBLISHED_FIXED_S,
+    break_even,
+    published_k,
+    scaling_fit,
+)
+from pinning.model.units import InputError
+
+#: One colour per strategy, everywhere.
+COLORS = {"upfront": "#d95f02", "demand": "#1b9e77"}
+LEVEL_LINES = {"4k": "-", "2m": "--", "1g": ":"}
+VCPU_LINES = ("-", "--", "-.", ":")
+PHASE_HATCH = {"startup": "", "access": "//", "teardown": ".."}
+PHASE_LABEL = {"startup": "startup", "access": "faults", "teardown": "teardown"}
+MEASURED = "measured: wall time of the model's bookkeeping"
+MODELLED = "modelled: events x cost profile"
+STYLE: dict[str, Any] = {
+    "font.size": 9,
+    "axes.titlesize": 9.5,
+    "axes.labelsize": 9,
+    "legend.fontsize": 7.5,
+    "legend.frameon": False,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.35,
+    "grid.linestyle": ":",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.markersize": 5,
+    "savefig.dpi": 110,
+}
+
+
+def _styled(fn: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Draw inside the shared style (an rc_context: nothing global is left changed)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        with mpl.rc_context(STYLE):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _figure(ncols: int = 1, width: float = 5.2, height: float = 3.6) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _color(strategy: str) -> str:
+    return COLORS.get(strategy, "#555555")
+
+
+def _rows(df: pd.DataFrame, family: str | None, columns: list[str], what: str) -> pd.DataFrame:
+    """The rows of ``family`` that have every column; InputError naming what is missing."""
+    if family is not None:
+        if "family" not in df or not (df["family"] == family).any():
+            raise InputError(f"{what}: no {family} benchmarks in the results")
+        df = df[df["family"] == family]
+    missing = [c for c in columns if c not in df]
+    if missing:
+        raise InputError(f"{what}: the results have no {', '.join(missing)}")
+    df = df.dropna(subset=columns)
+    if df.empty:
+        raise InputError(f"{what}: no {family or ''} benchmark has {', '.join(columns)}")
+    return df
+
+
+def _fmt_k(row: pd.Series) -> str:
+    if math.isnan(row["k_lo"]):
+        return f"k = {row['k']:.2f}"
+    if row["k_lo"] == row["k_hi"]:
+        return f"k = {row['k']:.2f} (exact)"
+    return f"k = {row['k']:.2f} [{row['k_lo']:.2f}, {row['k_hi']:.2f}]"
+
+
+def _level_line(level: Any) -> str:
+    return LEVEL_LINES.get(str(level), "-.")
+
+
+@_styled
+def plot_startup_scaling(df: pd.DataFrame, values_df: pd.DataFrame | None = None) -> Figure:
+    """Startup time vs guest size, log-log, both strategies: measured | modelled panels.
+
+    Each series gets its fitted line and k [95 % CI] in the legend (measured CI: a
+    bootstrap when ``values_df`` = ``load_results(..., values=True)`` is given). The
+    modelled panel also shows DESIGN §2's published boot times (RFC v2) *minus*
+    PUBLISHED_FIXED_S = 5.71 s, the 4 GB demand boot taken as the fixed part of a boot
+    (the 4 GB demand point becomes 0 and is not drawn); x in GB for those points.
+    """
+    what = "startup scaling"
+    _rows(df, "startup", ["guest_gib", "median_s", "model_measured_ns"], what)
+    fits = {"measured": scaling_fit(values_df if values_df is not None else df,
+                                    "startup", metric="measured"),
+            "modelled": scaling_fit(df, "startup", metric="modelled")}
+    fam = df[df["family"] == "startup"]
+    fig, (ax_m, ax_p) = _figure(2, height=4.6)
+    for metric, ax in (("measured", ax_m), ("modelled", ax_p)):
+        for _, fit in fits[metric].iterrows():
+            sel = (fam["strategy"] == fit["strategy"]) & (fam["level"] == fit["level"])
+            sub = fam[sel].groupby("guest_gib")
+            color, ls = _color(fit["strategy"]), _level_line(fit["level"])
+            label = f"{fit['strategy']} {fit['level']}"
+            if metric == "measured":
+                y = sub["median_s"].median()
+                err = sub["iqr_s"].median().fillna(0.0) / 2
+                ax.errorbar(y.index, y.to_numpy(), yerr=err.to_numpy(), fmt="o",
+                            color=color, capsize=2)
+            else:
+                y = sub["model_measured_ns"].median() / 1e9
+                if fit["a"] == 0:
+                    ax.plot([], [], ls=ls, color=color,
+                            label=f"{label}: 0 s at every size (not on a log axis)")
+                    continue
+                ax.plot(y.index, y.to_numpy(), "s", color=color)
+            x = np.geomspace(fit["gib_min"], fit["gib_max"], 50)
+            ax.plot(x, fit["a"] * x ** fit["k"], ls=ls, color=color,
+                    label=f"{label}: {_fmt_k(fit)}")
+    pk = published_k(subtract_fixed=True).set_index("strategy")
+    for strategy in ("upfront", "demand"):
+        y = PUBLISHED_BOOT[f"{strategy}_s"] - PUBLISHED_FIXED_S
+        keep = y > 0
+        fit = pk.loc[strategy]
+        ax_p.plot(PUBLISHED_BOOT["guest_gb"][keep], y[keep], "*", ms=9, mfc="none",
+                  color=_color(strategy),
+                  label=f"published (RFC v2, total boot - {PUBLISHED_FIXED_S} s) {strategy}: "
+                        f"{_fmt_k(fit)}")
+    ax_m.set_title(f"startup ({MEASURED})")
+    ax_p.set_title(f"startup ({MODELLED})")
+    for ax in (ax_m, ax_p):
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_yscale("log")
+        ax.set_xlabel("guest size (GiB; published: GB)")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    ax_m.set_ylabel("measured startup time (s)")
+    ax_p.set_ylabel("modelled startup time (s)")
+    return fig
+
+
+@_styled
+def plot_faults_vs_vcpus(df: pd.DataFrame) -> Figure:
+    """Modelled faults/s vs vCPUs per strategy (fault_storm; one line per size/level/pattern).
+
+    Only series run at 2+ vCPU counts are drawn when there are any (on the full suite
+    the other patterns run at one vCPU count: see the latency table).
+    """
+    fam = _rows(df, "fault_storm", ["vcpus", "vcpu_access_faults_per_s"], "faults vs vCPUs")
+    fig, (ax,) = _figure()
+    keys = ["strategy", "guest_gib", "level", "pattern", "layout"]
+    n_vcpus = fam.groupby(keys)["vcpus"].transform("nunique")
+    if (n_vcpus > 1).any():
+        fam = fam[n_vcpus > 1]
+    for (strategy, gib, level, pattern, layout), sub in fam.groupby(keys, sort=True):
+        s = sub.groupby("vcpus")["vcpu_access_faults_per_s"].median().sort_index()
+        shared = "" if layout == "slices" else " shared"
+        ax.plot(s.index, s.to_numpy(), marker="o", ls=_level_line(level),
+                color=_color(strategy), label=f"{strategy} {gib:g}GiB {level} {pattern}{shared}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    vs = sorted(int(v) for v in fam["vcpus"].unique())
+    ax.set_xticks(vs, [str(v) for v in vs])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("vCPUs")
+    ax.set_ylabel("faults/s (modelled)")
+    ax.set_title(f"fault storm throughput ({MODELLED}, vCPU model)")
+    ax.legend()
+    return fig
+
+
+def _panels(fam: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One panel per guest size and level, showing the pattern/layout with most vCPU counts.
+
+    Keeps the panels readable on the full suite (its other patterns run at one vCPU
+    count; the latency table lists them all). The panel title names what is shown.
+    """
+    rank = {lv: i for i, lv in enumerate(LEVEL_LINES)}
+    keys = {(float(g), str(lv)) for g, lv in zip(fam["guest_gib"], fam["level"], strict=True)}
+    out = []
+    for gib, level in sorted(keys, key=lambda k: (k[0], rank.get(k[1], len(rank)), k[1])):
+        sub = fam[(fam["guest_gib"] == gib) & (fam["level"] == level)]
+        counts = sub.groupby(["pattern", "layout"])["vcpus"].nunique()
+        pattern, layout = counts.sort_values(ascending=False, kind="stable").index[0]
+        sub = sub[(sub["pattern"] == pattern) & (sub["layout"] == layout)]
+        shared = "" if layout == "slices" else ", shared"
+        out.append((f"{gib:g}GiB {level}, {pattern}{shared}", sub))
+    return out
+
+
+def _grid(n: int, width: float = 4.4, height: float = 3.4, ncols_max: int = 3
+          ) -> tuple[Figure, list[Axes]]:
+    ncols = min(n, ncols_max)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    return fig, axes[:n]
+
+
+def _vcpu_styles(fam: pd.DataFrame) -> dict[Any, dict[str, Any]]:
+    """Line style and width per vCPU count (more vCPUs: thicker)."""
+    vs = sorted(fam["vcpus"].unique())
+    return {v: {"ls": VCPU_LINES[i % len(VCPU_LINES)], "lw": 1.0 + 0.3 * i}
+            for i, v in enumerate(vs)}
+
+
+@_styled
+def plot_latency_cdf(df: pd.DataFrame, phase: str = "access") -> Figure:
+    """Modelled per-fault latency CDF from the quantiles, per strategy and vCPU count.
+
+    One panel per guest size and level (the pattern with most vCPU counts, see
+    ``_panels``); colour by strategy, line style by vCPU count; p50 and p99 dotted.
+    """
+    col = f"vcpu_{phase}_latency_quantiles_ns"
+    fam = _rows(df, "fault_storm", [col], "latency CDF")
+    panels = _panels(fam)
+    fig, axes = _grid(len(panels))
+    q = np.linspace(0.0, 1.0, 101)
+    style = _vcpu_styles(fam)
+    for ax, (title, sub) in zip(axes, panels, strict=True):
+        for _, row in sub.sort_values(["strategy", "vcpus"]).iterrows():
+            ax.plot(latency_quantiles(row, phase), q, color=_color(row["strategy"]),
+                    **style[row["vcpus"]], label=f"{row['strategy']} {row['vcpus']} vCPU")
+        for level_q in (0.5, 0.99):
+            ax.axhline(level_q, color="grey", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("per-fault latency (ns, modelled)")
+        ax.set_ylabel("fraction of faults")
+        ax.set_title(f"fault latency CDF, {title} (modelled)")
+        ax.legend(loc="lower right")
+    return fig
+
+
+@_styled
+def plot_pinned_over_time(df: pd.DataFrame, family: str = "fault_storm",
+                          phase: str = "access") -> Figure:
+    """Pinned memory (GiB) over modelled time of a phase, from the vCPU model's timelines.
+
+    Panels as in plot_latency_cdf.
+    """
+    col = f"vcpu_{phase}_timeline"
+    fam = _rows(df, family, [col], "pinned memory over time")
+    panels = _panels(fam)
+    fig, axes = _grid(len(panels))
+    style = _vcpu_styles(fam)
+    for ax, (title, sub) in zip(axes, panels, strict=True):
+        for _, row in sub.sort_values(["strategy", "vcpus"]).iterrows():
+            tl = timeline(row, phase)
+            ax.step(tl["time_ns"] / 1e9, tl["pinned_pages"] * 4096 / 2**30, where="post",
+                    color=_color(row["strategy"]), **style[row["vcpus"]],
+                    label=f"{row['strategy']} {row['vcpus']} vCPU")
+        ax.set_xlabel(f"modelled time into the {phase} phase (s)")
+        ax.set_ylabel("pinned memory (GiB, modelled)")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"pinned memory, {family} {title} (modelled)")
+        ax.legend(loc="lower right")
+    return fig
+
+
+@_styled
+def plot_metadata_bytes(df: pd.DataFrame) -> Figure:
+    """Pinning metadata bytes vs guest size per strategy, log-log (counted by the model).
+
+    The legend gives each strategy's bytes per 4 KiB page; the dashed line is the RFC
+    as posted, 16 B/page (its "bitmap" took 8 B/page, plus the 8 B/page pfn array).
+    """
+    col = "events_startup_metadata_bytes"
+    fam = _rows(df, None, ["guest_size", "strategy", col], "metadata bytes")
+    fam = fam[fam[col] > 0]
+    if fam.empty:
+        raise InputError("metadata bytes: no benchmark has events.startup.metadata_bytes > 0")
+    fig, (ax,) = _figure()
+    markers = {"upfront": "o", "demand": "s"}
+    for strategy, sub in fam.groupby("strategy", sort=True):
+        s = sub.groupby("guest_gib")[col].max().sort_index()
+        per_page = float((s / (s.index.to_numpy() * 2**30 / 4096)).median())
+        ax.plot(s.index, s.to_numpy() / 2**20, marker=markers.get(str(strategy), "^"),
+                mfc="none", color=_color(strategy),
+                label=f"{strategy} (modelled): {per_page:.4g} B/page")
+    x = np.geomspace(fam["guest_gib"].min(), fam["guest_gib"].max(), 20)
+    pages = x * 2**30 / 4096
+    ax.plot(x, 16 * pages / 2**20, ls="--", color="grey", lw=1,
+            label="RFC as posted: 16 B/page (8 B/page 'bitmap' + 8 B/page pfns)")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_yscale("log")
+    ax.set_xlabel("guest size (GiB)")
+    ax.set_ylabel("pinning metadata (MiB, modelled)")
+    ax.set_title("metadata memory vs guest size (modelled: counted by the model)")
+    ax.legend(loc="upper left")
+    return fig
+
+
+@_styled
+def plot_lifecycle_bars(df: pd.DataFrame) -> Figure:
+    """Lifecycle cost per strategy and size: measured total beside the modelled phase split.
+
+    Left: measured median (IQR error bars): only the total is measured per benchmark.
+    Right: modelled startup / faults / teardown stacked. Separate panels because the
+    two are on different scales (model bookkeeping vs modelled kernel time). Only the
+    benchmarks that touch all memory (touch fraction 1; the break-even plot covers the
+    rest); bars are labelled by size, and by level, vCPUs and pattern where they vary.
+    """
+    phases = ["startup", "access", "teardown"]
+    cols = ["median_s", "guest_gib", "touch_fraction"] + [f"model_{p}_ns" for p in phases]
+    fam = _rows(df, "lifecycle", cols, "lifecycle bars")
+    fam = fam[fam["touch_fraction"] == fam["touch_fraction"].max()]
+    varying = [k for k in ("level", "vcpus", "pattern") if fam[k].nunique() > 1]
+
+    def category(row: pd.Series) -> str:
+        parts = [f"{row['guest_gib']:g}GiB"]
+        parts += [f"{row[k]}vCPU" if k == "vcpus" else str(row[k]) for k in varying]
+        return "\n".join(parts)
+
+    fam = fam.assign(_cat=fam.apply(category, axis=1))
+    order = (fam.sort_values(["guest_gib", *varying])["_cat"].drop_duplicates().tolist())
+    fig, (ax_m, ax_p) = _figure(2, width=min(8.0, max(4.5, 0.9 * len(order) + 1.5)))
+    xs = np.arange(len(order))
+    width = 0.38
+    for i, strategy in enumerate(("upfront", "demand")):
+        sub = fam[fam["strategy"] == strategy].groupby("_cat")
+        off = xs + (i - 0.5) * width
+        med = sub["median_s"].median().reindex(order)
+        iqr = sub["iqr_s"].median().reindex(order).fillna(0.0)
+        ax_m.bar(off, med.to_numpy(), width, yerr=iqr.to_numpy() / 2, capsize=2,
+                 color=_color(strategy), label=f"{strategy} (measured total)")
+        bottom = np.zeros(len(order))
+        for ph in phases:
+            y = (sub[f"model_{ph}_ns"].median().reindex(order) / 1e9).fillna(0.0).to_numpy()
+            ax_p.bar(off, y, width, bottom=bottom, color=_color(strategy),
+                     hatch=PHASE_HATCH[ph], edgecolor="white", lw=0.5,
+                     alpha=1.0 if ph == "startup" else 0.75)
+            bottom += y
+    for ax in (ax_m, ax_p):
+        ax.set_xticks(xs, order)
+        ax.grid(axis="x", visible=False)
+    handles = [Patch(color=_color(s), label=s) for s in ("upfront", "demand")]
+    handles += [Patch(facecolor="white", hatch=PHASE_HATCH[p], edgecolor="dimgrey",
+                      label=PHASE_LABEL[p]) for p in phases]
+    ax_m.legend()
+    ax_p.legend(handles=handles)
+    ax_m.set_ylabel("measured lifecycle time (s)")
+    ax_p.set_ylabel("modelled lifecycle time (s)")
+    ax_m.set_title(f"lifecycle total ({MEASURED})")
+    ax_p.set_title(f"lifecycle by phase ({MODELLED})")
+    return fig
+
+
+@_styled
+def plot_break_even(df: pd.DataFrame) -> Figure:
+    """Lifecycle cost vs touch fraction, both strategies, crossing marked: modelled | measured."""
+    fig, axes = _figure(2)
+    for ax, metric in zip(axes, ("modelled", "measured"), strict=True):
+        be = break_even(df, metric=metric)
+        keys = ["guest_gib", "level", "vcpus", "pattern"]
+        for n, (group, sub) in enumerate(be.groupby(keys, sort=True)):
+            gib, level, vcpus, pattern = group
+            tag = f"{gib:g}GiB {level} {vcpus}vCPU {pattern}"
+            ls = VCPU_LINES[n % len(VCPU_LINES)]
+            for strategy in ("upfront", "demand"):
+                ax.plot(sub["touch_fraction"], sub[f"{strategy}_s"], marker="o", ls=ls,
+                        color=_color(strategy), label=f"{strategy} {tag}")
+            cross = sub["crossing"].iloc[0]
+            if not math.isnan(cross):
+                ax.axvline(cross, color="black", lw=0.8, ls=ls)
+                ax.annotate(f"break-even ≈ {cross:.2f}", (cross, 0.95), xycoords=("data",
+                            "axes fraction"), ha="right", fontsize=8, xytext=(-3, 0),
+                            textcoords="offset points")
+            else:
+                ax.text(0.02, 0.95 - 0.06 * n, sub["note"].iloc[0], transform=ax.transAxes,
+                        fontsize=7.5, va="top")
+        ax.set_xlabel("fraction of guest memory touched")
+        ax.set_ylabel(f"{metric} lifecycle time (s)")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"break-even ({MODELLED if metric == 'modelled' else MEASURED})")
+        ax.legend(loc="lower right")
+    return fig
+
+
+@_styled
+def plot_kvm_vs_model(table: pd.DataFrame, profile: str | None = None) -> Figure:
+    """Real KVM guest (measured) vs the model (modelled): ns per 4 KiB page against guest
+    size, startup | touch-all panels, one colour per strategy, marker per backing level
+    and vCPU count; measured solid with markers, modelled dashed.
+
+    ``table`` is :func:`pinning.analysis.ground.kvm_vs_model` output; the model's line is that of
+    ``profile`` (default: the last profile in the table, e.g. a calibrated one).
+    """
+    if table.empty:
+        raise InputError("kvm vs model: no kvm-backed benchmarks in the results "
+                         "(pinbench run --suite ground)")
+    profile = profile or str(table["profile"].iloc[-1])
+    table = table[(table["host"].fillna("warm") == "warm") & (table["profile"] == profile)]
+    fig, axes = _figure(2, width=5.6, height=4.0)
+    markers = {("4k", 1): "o", ("4k", 2): "s", ("2m", 1): "^", ("2m", 2): "D"}
+    for ax, phase in zip(axes, ("startup", "touch all"), strict=True):
+        sub = table[table["phase"] == phase]
+        for (strategy, level, vcpus), g in sub.groupby(["strategy", "level", "vcpus"]):
+            g = g.sort_values("guest_size")
+            x = g["guest_size"] / 2**30
+            label = f"{strategy} {'THP' if level == '2m' else '4K'} {vcpus} vCPU"
+            ax.plot(x, g["ns_per_page"], marker=markers.get((level, vcpus), "x"),
+                    color=_color(strategy), label=f"{label} (measured)")
+            ax.plot(x, g["model_ns_per_page"], ls="--", color=_color(strategy), alpha=0.6,
+                    marker=markers.get((level, vcpus), "x"), mfc="none")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("guest size (GiB)")
+        ax.set_ylabel("ns per 4 KiB page")
+        ax.set_title(f"{phase}: KVM guest (solid, measured)\nvs model (dashed, {profile})",
+                     fontsize=9)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
+    return fig
+
+
+#: Every plot of a report: file stem -> (title, function).
+PLOTS: dict[str, tuple[str, Callable[[pd.DataFrame], Figure]]] = {
+    "startup_scaling": ("Startup time vs guest size", plot_startup_scaling),
+    "faults_vs_vcpus": ("Fault-storm throughput vs vCPUs", plot_faults_vs_vcpus),
+    "latency_cdf": ("Per-fault latency distribution", plot_latency_cdf),
+    "pinned_over_time": ("Pinned memory over time", plot_pinned_over_time),
+    "metadata_bytes": ("Metadata memory vs guest size", plot_metadata_bytes),
+    "lifecycle_bars": ("Lifecycle cost", plot_lifecycle_bars),
+    "break_even": ("Break-even touch fraction", plot_break_even),
+}

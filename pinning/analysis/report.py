@@ -1,0 +1,401 @@
+"""Reports of pinbench results: Markdown + self-contained HTML + PNGs + CSV, and a text summary.
+
+``write_report`` renders one list of blocks (headings, paragraphs, tables, figures,
+notes) twice: ``report.md`` (tables in Markdown, PNGs linked beside it) and
+``report.html`` (PNGs embedded as base64 data URIs, no external file). A plot or table
+whose data are missing is replaced by a note naming them; the rest still renders.
+``summary_table`` is the plain-text table ``pinbench run`` prints at the end.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from pinning.analysis import plots
+from pinning.analysis.results import load_results
+from pinning.analysis.stats import (
+    PUBLISHED_BOOT,
+    PUBLISHED_FIXED_S,
+    PUBLISHED_SOURCE,
+    break_even,
+    latency_table,
+    published_k,
+    scaling_fit,
+)
+from pinning.analysis.summary import (  # noqa: F401  (re-exported: the report's public API)
+    FAMILY_ORDER,
+    format_seconds,
+    summary_frame,
+    summary_table,
+)
+from pinning.model.units import InputError
+
+LABELS = ("**measured** = median wall time of the model's bookkeeping (pyperf values, sim "
+          "backing); **modelled** = event counts x cost profile, access phases by the vCPU "
+          "model. Counts of events and bytes come from the model.")
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+@dataclass
+class Block:
+    """One piece of a report: kind is 'h2', 'p', 'table', 'figure' or 'note'."""
+
+    kind: str
+    text: str = ""
+    table: pd.DataFrame | None = None
+    png: Path | None = None
+
+
+def _md_cell(value: Any) -> str:
+    if isinstance(value, float):
+        text = "-" if math.isnan(value) else f"{value:.4g}"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+_NUMBER = re.compile(r"-?[\d.,]+(e[+-]?\d+)?( [a-zµ]+)?|-")
+
+
+def _numeric(column: pd.Series) -> bool:
+    """Numbers, or numbers formatted with a unit ('3.83 ms'): right-aligned."""
+    if pd.api.types.is_numeric_dtype(column):
+        return True
+    return len(column) > 0 and all(_NUMBER.fullmatch(str(v)) for v in column)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A pipe table (GitHub Markdown) of a frame; numbers right-aligned, 4 significant digits."""
+    head = [str(c) for c in table.columns]
+    align = ["---:" if _numeric(table[c]) else "---" for c in table.columns]
+    rows = [[_md_cell(v) for v in row] for row in table.itertuples(index=False)]
+    return "\n".join("| " + " | ".join(r) + " |" for r in [head, align, *rows])
+
+
+def _html_table(table: pd.DataFrame) -> str:
+    cells = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    num = [_numeric(table[c]) for c in table.columns]
+    body = []
+    for row in table.itertuples(index=False):
+        tds = "".join(
+            f'<td{" class=num" if n else ""}>'
+            f"{html.escape(_md_cell(v).replace(chr(92) + '|', '|'))}</td>"
+            for v, n in zip(row, num, strict=True))
+        body.append(f"<tr>{tds}</tr>")
+    return f"<table><thead><tr>{cells}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _to_markdown(blocks: list[Block], title: str) -> str:
+    out = [f"# {title}", ""]
+    for b in blocks:
+        if b.kind == "h2":
+            out += [f"## {b.text}", ""]
+        elif b.kind == "p":
+            out += [b.text, ""]
+        elif b.kind == "note":
+            out += [f"> **Not shown:** {b.text}", ""]
+        elif b.kind == "table" and b.table is not None:
+            out += [markdown_table(b.table), ""]
+        elif b.kind == "figure" and b.png is not None:
+            out += [f"![{b.text}]({b.png.name})", ""]
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0 1.2em}
+th,td{border-bottom:1px solid #ddd;padding:2px 8px;text-align:left}td.num{text-align:right;
+font-variant-numeric:tabular-nums}img{max-width:100%}.note{background:#fff4e5;
+border-left:4px solid #d95f02;padding:0.4em 0.8em}code{font-size:0.9em}"""
+
+
+def _inline_md(text: str) -> str:
+    """Escape text for HTML and turn **bold** and `code` into tags."""
+    parts = html.escape(text).split("**")
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _to_html(blocks: list[Block], title: str) -> str:
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+           f"<h1>{html.escape(title)}</h1>"]
+    for b in blocks:
+        if b.kind == "h2":
+            out.append(f"<h2>{html.escape(b.text)}</h2>")
+        elif b.kind == "p":
+            out.append(f"<p>{_inline_md(b.text)}</p>")
+        elif b.kind == "note":
+            out.append(f'<p class="note"><b>Not shown:</b> {html.escape(b.text)}</p>')
+        elif b.kind == "table" and b.table is not None:
+            out.append(_html_table(b.table))
+        elif b.kind == "figure" and b.png is not None:
+            data = base64.b64encode(b.png.read_bytes()).decode("ascii")
+            out.append(f'<figure><img alt="{html.escape(b.text)}" '
+                       f'src="data:image/png;base64,{data}"></figure>')
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+class _Builder:
+    """Collects blocks; figures and tables whose data are missing become notes."""
+
+    def __init__(self, outdir: Path) -> None:
+        self.outdir = outdir
+        self.blocks: list[Block] = []
+        self.written: dict[str, Path] = {}
+
+    def h2(self, text: str) -> None:
+        self.blocks.append(Block("h2", text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(Block("p", text))
+
+    def table(self, make: Callable[[], pd.DataFrame], what: str) -> None:
+        try:
+            self.blocks.append(Block("table", table=make()))
+        except InputError as exc:
+            self.blocks.append(Block("note", f"{what}: {exc}"))
+
+    def figure(self, stem: str, title: str, make: Callable[[], Figure]) -> None:
+        try:
+            fig = make()
+        except InputError as exc:
+            self.blocks.append(Block("note", f"{title} (plot): {exc}"))
+            return
+        path = self.outdir / f"{stem}.png"
+        fig.savefig(path, format="png")
+        self.written[path.name] = path
+        self.blocks.append(Block("figure", title, png=path))
+
+
+def _fits_table(df: pd.DataFrame, values_df: pd.DataFrame) -> pd.DataFrame:
+    fits = [scaling_fit(values_df, "startup", metric="measured"),
+            scaling_fit(df, "startup", metric="modelled"), published_k(subtract_fixed=True)]
+    out = pd.concat(fits, ignore_index=True)
+    cols = ["metric", "strategy", "level", "k", "k_lo", "k_hi", "a", "n_sizes", "ci", "note"]
+    out = out.reindex(columns=cols)
+    out["level"] = out["level"].fillna("-")
+    out["ci"] = out["ci"].fillna("t-interval on residuals")
+    return out.rename(columns={"a": "a (s at 1 GiB)"})
+
+
+def _remap_table(df: pd.DataFrame) -> pd.DataFrame:
+    fam = df[df["family"] == "remap"]
+    if fam.empty:
+        raise InputError("no remap benchmarks in the results")
+    cols = {"events_remap_pins": "re-pins", "events_remap_unpins": "unpins",
+            "events_remap_page_flushes": "page flushes", "events_remap_wbinvd": "WBINVD",
+            "events_remap_stale_pins_peak": "stale pins (peak)",
+            "events_remap_unpinned_mapped_hazards": "unpinned mapped (hazards)"}
+    out = fam[["name", *cols]].rename(columns=cols)
+    out["modelled remap"] = (fam["model_remap_ns"] / 1e9).map(format_seconds)
+    out["measured remap"] = fam["median_s"].map(format_seconds)
+    return out.reset_index(drop=True)
+
+
+def _break_even_table(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for metric in ("modelled", "measured"):
+        be = break_even(df, metric=metric)
+        for _, sub in be.groupby(["guest_gib", "level", "vcpus", "pattern"], sort=True):
+            r = sub.iloc[0]
+            rows.append({"metric": metric, "guest": f"{r['guest_gib']:g} GiB",
+                         "level": r["level"], "vcpus": r["vcpus"], "pattern": r["pattern"],
+                         "touch fractions": ", ".join(f"{t:g}" for t in sub["touch_fraction"]),
+                         "break-even": r["crossing"], "note": r["note"]})
+    return pd.DataFrame(rows)
+
+
+def _latency(df: pd.DataFrame) -> pd.DataFrame:
+    t = latency_table(df)
+    return pd.DataFrame({
+        "benchmark": t["name"], "p50 (modelled)": t["p50_ns"].map(lambda x: format_seconds(
+            x / 1e9)), "p99 (modelled)": t["p99_ns"].map(lambda x: format_seconds(x / 1e9)),
+        "demand extra p50": t["p50_extra_ns"].map(lambda x: format_seconds(x / 1e9)),
+        "faults/s (modelled)": t["faults_per_s"].map(lambda x: f"{x:,.0f}"),
+        "lock wait share": t["lock_wait_share"].round(4)})
+
+
+def _summary_md(df: pd.DataFrame) -> pd.DataFrame:
+    sf = summary_frame(df)
+    out = pd.DataFrame({"family": sf["family"], "benchmark": sf["benchmark"]})
+    for w in ("measured", "modelled"):
+        for s in ("upfront", "demand"):
+            out[f"{s} {w}"] = sf[f"{s}_{w}_s"].map(format_seconds)
+    return out
+
+
+def _sources(df: pd.DataFrame, paths: Sequence[Path]) -> str:
+    def vals(col: str) -> str:
+        v = sorted({str(x) for x in df[col].dropna()}) if col in df else []
+        return ", ".join(v) if v else "unknown"
+    dates = sorted(str(d) for d in df["date"].dropna())
+    span = f"{dates[0][:19]} - {dates[-1][:19]}" if dates else "unknown"
+    return (f"Results: {', '.join(f'`{p}`' for p in paths)} ({len(df)} benchmarks; suite "
+            f"{vals('suite')}; pinbench {vals('pinbench_version')}; cost profile "
+            f"{vals('cost_profile')}). Machine: {vals('cpu_model_name')}, {vals('cpu_count')} "
+            f"CPUs, host {vals('hostname')}, {vals('platform')}. Runs: {span}.")
+
+
+def _published(profiles: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from pinning.analysis.ground import published_vs_model
+
+    points, slopes = published_vs_model(profiles)
+    return points.round(4), slopes.round(4)
+
+
+def _profiles(paths: Sequence[str | Path] | None) -> list:
+    from pinning.model.costs import load_profile
+
+    return [load_profile()] + [load_profile(p) for p in paths or ()]
+
+
+def _kvm_table(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        raise InputError("no kvm-backed benchmarks in the results (pinbench run --suite "
+                         "ground, on a machine with /dev/kvm)")
+    table = table.assign(guest=table["guest_size"].map(lambda b: f"{b / 2**30:g} GiB"))
+    cols = ["phase", "profile", "strategy", "guest", "level", "vcpus", "host", "measured_s",
+            "modelled_s", "ns_per_page", "model_ns_per_page", "rel_error", "kvm_pf_taken",
+            "kvm_exits"]
+    return table[cols].round(4)
+
+
+def write_report(paths: Sequence[Path], outdir: Path,
+                 profiles: Sequence[str | Path] | None = None) -> dict[str, Path]:
+    """Write report.md, report.html (self-contained), the PNGs and summary.csv into outdir.
+
+    ``profiles`` are extra cost profiles (e.g. a calibrated one) to set against the
+    published boot times beside the default profile.
+
+    Returns file name -> path of everything written. InputError if the results
+    cannot be read (missing plots are notes in the report, not errors).
+    """
+    paths = [Path(p) for p in paths]
+    df = load_results(paths)
+    values_df = load_results(paths, values=True)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    b = _Builder(outdir)
+    b.p(_sources(df, paths))
+    b.p(LABELS)
+
+    b.h2("Summary")
+    b.p("Median measured time and modelled time of each benchmark's measured phases, "
+        "upfront beside demand (benchmark names with the strategy as `*`).")
+    b.table(lambda: _summary_md(df), "summary")
+
+    b.h2("Startup time vs guest size")
+    b.p("Fitted time ∝ size^k per strategy and level. Measured: 95 % percentile bootstrap "
+        "over the measured values; modelled: t-interval on the fit's residuals (an exact "
+        f"power law gives k_lo = k_hi). Published: DESIGN §2's boot times ({PUBLISHED_SOURCE})"
+        f" minus 5.71 s of fixed boot (the 4 GB demand boot); their demand growth is the "
+        "guest faulting memory in during boot, not startup alone.")
+    b.figure("startup_scaling", "Startup time vs guest size",
+             lambda: plots.plot_startup_scaling(df, values_df))
+    b.table(lambda: _fits_table(df, values_df), "startup scaling fits")
+    b.p("Published boot times (total boot, s):")
+    b.table(lambda: PUBLISHED_BOOT.copy(), "published boot times")
+
+    b.h2("Fault storm")
+    b.p("Per-fault latency (p50/p99), faults/s and the share of vCPU time spent waiting "
+        "for the per-VM lock, all modelled by the vCPU model; 'demand extra p50' is the "
+        "p50 minus that of the same benchmark under upfront pinning.")
+    b.table(lambda: _latency(df), "fault latency table")
+    for stem in ("faults_vs_vcpus", "latency_cdf", "pinned_over_time"):
+        title, fn = plots.PLOTS[stem]
+        b.figure(stem, title, lambda fn=fn: fn(df))
+
+    b.h2("Metadata memory")
+    b.p("Pinning metadata per guest size (counted by the model). The RFC as posted "
+        "allocated 8 B/page for its 'bitmap', so 16 B/page in all.")
+    b.figure("metadata_bytes", "Metadata memory vs guest size",
+             lambda: plots.plot_metadata_bytes(df))
+
+    b.h2("Lifecycle and break-even")
+    b.p("Measured lifecycle totals beside the modelled split into startup, faults and "
+        "teardown; break-even = the touch fraction at which both strategies cost the same "
+        "(linear interpolation between the bracketing touch fractions).")
+    for stem in ("lifecycle_bars", "break_even"):
+        title, fn = plots.PLOTS[stem]
+        b.figure(stem, title, lambda fn=fn: fn(df))
+    b.table(lambda: _break_even_table(df), "break-even")
+
+    b.h2("Model against published boot times")
+    b.p("DESIGN §2's published boot times next to the model's startup for the same sizes "
+        "(published GB taken as GiB), under each cost profile: per point the published "
+        f"startup is the total boot minus {PUBLISHED_FIXED_S} s of fixed boot; relative "
+        "error = (modelled - published) / published. Slopes are least-squares fits in ms "
+        "per GB (published: total boot). **Published** numbers are the series' own; "
+        "**modelled** numbers are pinbench's event counts times the profile's costs.")
+    loaded = _profiles(profiles)  # bad profiles refused before anything is drawn
+    points, slopes = _published(loaded)
+    b.table(lambda: slopes, "published vs model slopes")
+    b.table(lambda: points, "published vs model points")
+
+    b.h2("Real KVM guest against the model")
+    b.p("The kvm backing (`pinbench run --suite ground`): a real guest through /dev/kvm, "
+        "warm host. **Measured**: median startup (VM creation, populate + mlock for "
+        "upfront, first guest instruction) and time for the guest to touch all its "
+        "memory, per 4 KiB page. **Modelled**: the model run for the same configuration "
+        "under the default profile and each `--profile`; it also prices "
+        "what this host cannot execute (cache flushes, WBINVD), so it is expected above "
+        "the measurement by those events. This KVM is shadow-paging and nested (HOST.md): "
+        "its fault path is not SEV's nested-paging one.")
+    if "backing" in df and (df["backing"] == "kvm").any():
+        from pinning.analysis.ground import kvm_vs_model
+
+        kvm_rows = kvm_vs_model(df, loaded)
+        b.figure("kvm_vs_model", "Real KVM guest vs model",
+                 lambda: plots.plot_kvm_vs_model(kvm_rows))
+        b.table(lambda: _kvm_table(kvm_rows), "kvm vs model")
+    else:
+        b.p("These results hold no kvm-backed benchmark: run `pinbench run --suite ground` "
+            "where /dev/kvm exists and pass its results file too.")
+
+    b.h2("Remap")
+    b.p("Events of the remap phase (modelled counts): re-pin cost under demand; stale "
+        "pins and unpinned frames mapped into the guest (hazards) under upfront.")
+    b.table(lambda: _remap_table(df), "remap")
+
+    title = "pinbench report"
+    written = dict(b.written)
+    csv = outdir / "summary.csv"
+    df.to_csv(csv, index=False)
+    written[csv.name] = csv
+    md = outdir / "report.md"
+    md.write_text(_to_markdown(b.blocks, title) + "\n", encoding="utf-8")
+    written[md.name] = md
+    page = outdir / "report.html"
+    page.write_text(_to_html(b.blocks, title) + "\n", encoding="utf-8")
+    written[page.name] = page
+    return written
+
+
+def main(paths: Sequence[str | Path], outdir: str | Path,
+         profiles: Sequence[str | Path] | None = None) -> int:
+    """CLI entry: write the report, print the paths written, return 0 (InputError propagates)."""
+    written = write_report([Path(p) for p in paths], Path(outdir), profiles)
+    for path in written.values():
+        print(path)
+    return 0
+
+
+__all__ = ["format_seconds", "main", "markdown_table", "summary_frame",
+           "summary_table", "write_report"]

@@ -1,0 +1,136 @@
+"""Numba kernels for :mod:`pinning.harness.calibrate`: touch pages, dirty lines, flush pages.
+
+The cache-flush kernels call LLVM's x86 intrinsics (CLFLUSH, CLFLUSHOPT, MFENCE)
+through :func:`numba.extending.intrinsic`. Without the JIT
+(``NUMBA_DISABLE_JIT=1``) the kernels run as Python and the flush helpers are
+no-ops: :data:`CAN_FLUSH` is then False and the caller must not report a
+flush cost.
+"""
+
+from __future__ import annotations
+
+import numba
+
+from pinning.model.jit import kernel
+from pinning.model.units import PAGE_SIZE
+
+LINE_SIZE = 64  # x86 cache line, bytes
+WORDS_PER_LINE = LINE_SIZE // 8  # int64 elements per line
+WORDS_PER_PAGE = PAGE_SIZE // 8
+LINES_PER_PAGE = PAGE_SIZE // LINE_SIZE
+
+#: True when the flush kernels really execute CLFLUSH/CLFLUSHOPT (the JIT is on).
+CAN_FLUSH = not numba.config.DISABLE_JIT
+
+
+def _line_pointer(context, builder, signature, args):
+    """``(i8*) &arr[index]`` in LLVM IR."""
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    aryty = signature.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+    return builder.bitcast(ptr, ir.IntType(8).as_pointer())
+
+
+def _call_void(builder, name: str, args, argtys) -> None:
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    fnty = ir.FunctionType(ir.VoidType(), argtys)
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    builder.call(fn, args)
+
+
+def _clflush_codegen(context, builder, signature, args):
+    from llvmlite import ir
+
+    ptr = _line_pointer(context, builder, signature, args)
+    _call_void(builder, "llvm.x86.sse2.clflush", [ptr], [ir.IntType(8).as_pointer()])
+    return context.get_dummy_value()
+
+
+def _clflushopt_codegen(context, builder, signature, args):
+    from llvmlite import ir
+
+    ptr = _line_pointer(context, builder, signature, args)
+    _call_void(builder, "llvm.x86.clflushopt", [ptr], [ir.IntType(8).as_pointer()])
+    return context.get_dummy_value()
+
+
+def _mfence_codegen(context, builder, signature, args):
+    _call_void(builder, "llvm.x86.sse2.mfence", [], [])
+    return context.get_dummy_value()
+
+
+if numba.config.DISABLE_JIT:
+
+    def clflush(arr, index) -> None:
+        """Flush the line of ``arr[index]`` (no-op without the JIT: Python cannot flush)."""
+
+    def clflushopt(arr, index) -> None:
+        """Flush the line of ``arr[index]``, weakly ordered (no-op without the JIT)."""
+
+    def mfence() -> None:
+        """Full memory fence (no-op without the JIT)."""
+
+else:
+
+    @numba.extending.intrinsic
+    def clflush(typingctx, arr, index):
+        """CLFLUSH the cache line holding ``arr[index]`` (LLVM ``llvm.x86.sse2.clflush``)."""
+        return numba.core.types.void(arr, index), _clflush_codegen
+
+    @numba.extending.intrinsic
+    def clflushopt(typingctx, arr, index):
+        """CLFLUSHOPT the cache line holding ``arr[index]`` (LLVM ``llvm.x86.clflushopt``).
+
+        Only call it on a CPU whose /proc/cpuinfo flags list ``clflushopt``:
+        LLVM cannot select it for a CPU without it and aborts the process.
+        """
+        return numba.core.types.void(arr, index), _clflushopt_codegen
+
+    @numba.extending.intrinsic
+    def mfence(typingctx):
+        """MFENCE (LLVM ``llvm.x86.sse2.mfence``): orders the flushes around it."""
+        return numba.core.types.void(), _mfence_codegen
+
+
+@kernel
+def touch_pages(a, stride):
+    """Write one word every ``stride`` elements of ``a`` (one per page for stride 512 int64)."""
+    for i in range(0, a.shape[0], stride):
+        a[i] = i
+
+
+@kernel
+def dirty_lines(a, start, stop, value):
+    """Write one word of every cache line of ``a[start:stop]`` so each line is dirty."""
+    for i in range(start, stop, WORDS_PER_LINE):
+        a[i] = value
+
+
+# Two kernels, not one with a flag: a kernel that merely contains CLFLUSHOPT
+# cannot be compiled for a CPU without it.
+@kernel
+def flush_pages_clflush(a, start, stop):
+    """Per 4 KiB page of ``a[start:stop]``: MFENCE, CLFLUSH of its 64 lines, MFENCE.
+
+    The fences bracket each page as Linux's clflush_cache_range() does.
+    """
+    for page in range(start, stop, WORDS_PER_PAGE):
+        mfence()
+        for i in range(page, page + WORDS_PER_PAGE, WORDS_PER_LINE):
+            clflush(a, i)
+        mfence()
+
+
+@kernel
+def flush_pages_clflushopt(a, start, stop):
+    """Per 4 KiB page of ``a[start:stop]``: MFENCE, CLFLUSHOPT of its 64 lines, MFENCE."""
+    for page in range(start, stop, WORDS_PER_PAGE):
+        mfence()
+        for i in range(page, page + WORDS_PER_PAGE, WORDS_PER_LINE):
+            clflushopt(a, i)
+        mfence()

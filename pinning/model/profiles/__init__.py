@@ -1,0 +1,1 @@
+"""Cost profiles shipped with pinbench (TOML files, loaded by :mod:`pinning.model.costs`)."""

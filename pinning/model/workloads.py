@@ -1,0 +1,609 @@
+"""What the guest does: trace files, generated access patterns and the suite's workloads."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from pinning.model.kernels import engine as K
+from pinning.model.kernels import patterns as PK
+from pinning.model.units import InputError, unit_pages
+
+PATTERNS = ("sequential", "random")
+#: access patterns of the suite's workloads (``PATTERNS`` stays what ``simulate`` takes)
+ACCESS_PATTERNS = ("sequential", "random", "hotset", "zipf", "strided")
+#: how a workload's vCPUs share the guest: own contiguous slices, or one stream dealt round-robin
+LAYOUTS = ("slices", "shared")
+MAX_VCPUS = 64
+# Larger gfns or page counts than any guest can have (and than int64 can hold).
+MAX_GFN = 1 << 52
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A sequence of guest accesses and VMM remaps, as parallel arrays.
+
+    ``vcpu`` says which vCPU makes each access (int16, 0 .. MAX_VCPUS - 1); it is
+    all zeros when the trace has no vcpu column (None given: filled in).
+    Remaps carry a vcpu value too, but nothing uses it.
+    """
+
+    ops: np.ndarray  # int8: kernels.OP_ACCESS or kernels.OP_REMAP
+    gfns: np.ndarray  # int64
+    npages: np.ndarray  # int64 (1 for accesses)
+    vcpu: np.ndarray | None = field(default=None)  # int16; never None after __init__
+
+    def __post_init__(self) -> None:
+        if self.vcpu is None:
+            object.__setattr__(self, "vcpu", np.zeros(self.ops.shape[0], dtype=np.int16))
+
+    def __len__(self) -> int:
+        return int(self.ops.shape[0])
+
+    @classmethod
+    def from_rows(
+        cls, rows: list[tuple[str, int, int]] | list[tuple[str, int, int, int]]
+    ) -> Trace:
+        """Build a trace from ``(op, gfn, npages)`` or ``(op, gfn, npages, vcpu)`` tuples.
+
+        op is ``access`` or ``remap``; a 3-tuple means vCPU 0.
+        """
+        codes = {"access": K.OP_ACCESS, "remap": K.OP_REMAP}
+        ops = np.array([codes[r[0]] for r in rows], dtype=np.int8)
+        gfns = np.array([r[1] for r in rows], dtype=np.int64)
+        npages = np.array([r[2] for r in rows], dtype=np.int64)
+        vcpus = [r[3] if len(r) > 3 else 0 for r in rows]
+        bad = [v for v in vcpus if not 0 <= v < MAX_VCPUS]
+        if bad:
+            raise InputError(f"vcpu {bad[0]} must be between 0 and {MAX_VCPUS - 1}")
+        return cls(ops, gfns, npages, np.array(vcpus, dtype=np.int16))
+
+    def remapped_pages(self, unit_pages: int) -> int:
+        """Pages the trace's remaps touch, each range widened to whole units."""
+        sel = self.ops == K.OP_REMAP
+        first = self.gfns[sel] // unit_pages
+        end = (self.gfns[sel] + self.npages[sel] + unit_pages - 1) // unit_pages
+        return int(((end - first) * unit_pages).sum())
+
+    def check(self, guest_pages: int) -> None:
+        """Refuse gfns outside the guest (the kernels never see an out-of-range gfn)."""
+        vcpu = self.vcpu
+        assert vcpu is not None  # filled in by __post_init__
+        if vcpu.shape != self.ops.shape:
+            raise InputError(f"trace has {vcpu.shape[0]} vcpu entries for {len(self)} operations")
+        badv = np.flatnonzero((vcpu < 0) | (vcpu >= MAX_VCPUS))
+        if badv.size:
+            i = int(badv[0])
+            raise InputError(f"operation {i + 1}: vcpu {int(vcpu[i])} must be between 0 and "
+                             f"{MAX_VCPUS - 1}")
+        end = self.gfns + np.where(self.ops == K.OP_REMAP, self.npages, 1)
+        bad = np.flatnonzero((self.gfns < 0) | (end > guest_pages) | (self.npages < 1))
+        if bad.size:
+            i = int(bad[0])
+            op = "remap" if self.ops[i] == K.OP_REMAP else "access"
+            raise InputError(
+                f"operation {i + 1} ({op} gfn {int(self.gfns[i])}, npages "
+                f"{int(self.npages[i])}) lies outside the guest's gfns 0..{guest_pages - 1}"
+            )
+
+
+def read_trace(path: str | Path) -> Trace:
+    """Read a CSV trace with header ``op,gfn,npages`` or ``op,gfn,npages,vcpu``.
+
+    Errors name the file and line. An empty vcpu field means vCPU 0; columns
+    after npages other than ``vcpu`` are ignored.
+    """
+    path = Path(path)
+    try:
+        fh = path.open(newline="")
+    except OSError as exc:
+        raise InputError(f"cannot read trace {path}: {exc.strerror}") from None
+    rows: list[tuple[str, int, int, int]] = []
+    with fh:
+        reader = csv.reader(fh, strict=True)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise InputError(f"{path}:1: empty trace (expected header op,gfn,npages)") from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}:1: not a CSV file ({exc})") from None
+        if header[:3] != ["op", "gfn", "npages"]:
+            raise InputError(f"{path}:1: header must be op,gfn,npages or op,gfn,npages,vcpu, "
+                             f"got {','.join(header)}")
+        ncols = len(header)
+        vcol = header.index("vcpu", 3) if "vcpu" in header[3:] else None
+        try:
+            for row in reader:
+                line = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    continue
+                rows.append(_parse_row(path, line, row, ncols, vcol))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+    return Trace.from_rows(rows)
+
+
+def _parse_row(
+    path: Path, line: int, row: list[str], ncols: int, vcol: int | None
+) -> tuple[str, int, int, int]:
+    if len(row) != ncols:
+        raise InputError(f"{path}:{line}: expected {ncols} fields, got {len(row)}")
+    op, gfn, npages = _parse_op(path, line, *(c.strip() for c in row[:3]))
+    return op, gfn, npages, 0 if vcol is None else _parse_vcpu(path, line, row[vcol].strip())
+
+
+def _parse_op(path: Path, line: int, op: str, gfn_s: str, npages_s: str) -> tuple[str, int, int]:
+    if op not in ("access", "remap"):
+        raise InputError(f"{path}:{line}: unknown op {op!r} (expected access or remap)")
+    try:
+        gfn = int(gfn_s)
+    except ValueError:
+        raise InputError(f"{path}:{line}: gfn {gfn_s!r} is not an integer") from None
+    if gfn < 0:
+        raise InputError(f"{path}:{line}: gfn {gfn} is negative")
+    if gfn >= MAX_GFN:
+        raise InputError(f"{path}:{line}: gfn {gfn} is out of range")
+    if op == "access":
+        if npages_s not in ("", "1"):
+            raise InputError(f"{path}:{line}: access takes npages empty or 1, got {npages_s!r}")
+        return op, gfn, 1
+    try:
+        npages = int(npages_s)
+    except ValueError:
+        raise InputError(f"{path}:{line}: npages {npages_s!r} is not an integer") from None
+    if not 1 <= npages < MAX_GFN:
+        raise InputError(f"{path}:{line}: remap npages must be between 1 and 2^52, got {npages}")
+    return op, gfn, npages
+
+
+def _parse_vcpu(path: Path, line: int, text: str) -> int:
+    if not text:
+        return 0
+    try:
+        vcpu = int(text)
+    except ValueError:
+        vcpu = -1
+    if not 0 <= vcpu < MAX_VCPUS:
+        raise InputError(f"{path}:{line}: vcpu {text!r} must be an integer between 0 and "
+                         f"{MAX_VCPUS - 1} (or empty for 0)")
+    return vcpu
+
+
+def touched_units(n_units: int, touch_fraction: float) -> int:
+    """How many units a pattern touches: the fraction of the guest's units, rounded down."""
+    if not 0.0 <= touch_fraction <= 1.0:
+        raise InputError(f"touch fraction {touch_fraction} must lie between 0 and 1")
+    return int(n_units * touch_fraction)
+
+
+def random_units(n_units: int, touch_fraction: float, seed: int) -> np.ndarray:
+    """A seeded random subset of the units, in random order, each once."""
+    count = touched_units(n_units, touch_fraction)
+    return shuffled_units(n_units, seed)[:count]
+
+
+def unit_dtype(n_units: int) -> type[np.unsignedinteger] | type[np.signedinteger]:
+    """dtype of unit indices of a guest of ``n_units`` units: uint32, int64 from 2^32 units."""
+    return np.uint32 if n_units <= np.iinfo(np.uint32).max else np.int64
+
+
+def shuffled_units(n_units: int, seed: int) -> np.ndarray:
+    """``0 .. n_units-1`` shuffled by ``numpy.random.default_rng(seed).shuffle``.
+
+    Large arrays take a jitted replica of NumPy's Fisher-Yates shuffle that
+    draws the same random numbers but overlaps its cache misses (5x faster
+    at 2^28 units); the result is the same permutation either way.
+    """
+    units = np.arange(n_units, dtype=unit_dtype(n_units))
+    if _FAST_SHUFFLE_MIN <= n_units <= 1 << 32 and not numba.config.DISABLE_JIT:
+        _fast_shuffle(units, seed)
+    else:
+        np.random.default_rng(seed).shuffle(units)
+    return units
+
+
+# Below this size the array fits in cache and NumPy's own shuffle is as fast.
+_FAST_SHUFFLE_MIN = 1 << 20
+_RAW_CHUNK = 1 << 18  # 64-bit words drawn per round of the fast shuffle
+
+
+def _fast_shuffle(x: np.ndarray, seed: int, chunk: int = _RAW_CHUNK) -> None:
+    """Shuffle ``x`` in place exactly as ``default_rng(seed).shuffle(x)`` does (len <= 2^32)."""
+    bitgen = np.random.default_rng(seed).bit_generator
+    i = x.shape[0] - 1
+    js = np.empty(2 * chunk, dtype=np.int64)
+    while i > 0:
+        # NumPy's PCG64 next_uint32 hands out the low, then the high half of each word.
+        k = PK.swap_targets(bitgen.random_raw(chunk), i, js)
+        PK.swap_all(x, i, js, k)
+        i -= k
+
+
+# --- Workloads of the suite: what V vCPUs and the VMM do after startup. -----------
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of guest accesses by ``nvcpus`` vCPUs running concurrently.
+
+    vCPU ``v`` touches ``units[bounds[v]:bounds[v + 1]]`` in order (each entry a
+    unit index: gfn // unit_pages). Which vCPU's access comes first in time is
+    decided by the vCPU model, not by this layout.
+    """
+
+    units: np.ndarray  # uint32 (int64 for guests of 2^32 units or more)
+    bounds: np.ndarray  # int64[nvcpus + 1], bounds[0] == 0, bounds[-1] == len(units)
+
+    @property
+    def nvcpus(self) -> int:
+        return int(self.bounds.shape[0] - 1)
+
+
+@dataclass(frozen=True)
+class Remap:
+    """The VMM unmaps and maps again ``[gfn, gfn + npages)`` (all vCPUs wait)."""
+
+    gfn: int
+    npages: int
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Phases of guest accesses and VMM remaps, run in order after startup."""
+
+    steps: tuple[Phase | Remap, ...]
+    nvcpus: int
+    description: str = ""
+
+
+# Draws per round of hotset/zipf sampling: bounds their temporaries to a few MiB.
+_SAMPLE_CHUNK = 1 << 20
+# Bytes of temporaries per drawn access (random doubles, flags, indices, gathered units).
+_SAMPLE_TEMP_PER_DRAW = 48
+_FIXED_TEMP = 2 * _RAW_CHUNK * 8 + _RAW_CHUNK * 8 + (1 << 16)
+
+
+def _check_params(
+    *,
+    pattern: str,
+    touch_fraction: float,
+    seed: int,
+    hot_fraction: float,
+    hot_share: float,
+    zipf_s: float,
+    stride: int,
+) -> None:
+    """Refuse bad pattern parameters with one message naming parameter, value and allowed values."""
+    if pattern not in ACCESS_PATTERNS:
+        raise InputError(f"pattern {pattern!r} is unknown (expected one of "
+                         f"{', '.join(ACCESS_PATTERNS)})")
+    for name, value in (("touch_fraction", touch_fraction), ("hot_fraction", hot_fraction),
+                        ("hot_share", hot_share)):
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"{name} {value} must lie between 0 and 1")
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"seed {seed} must be an integer >= 0")
+    if not (zipf_s > 0 and math.isfinite(zipf_s)):
+        raise InputError(f"zipf_s {zipf_s} must be a finite number > 0")
+    if not isinstance(stride, int | np.integer) or stride < 1:
+        raise InputError(f"stride {stride} must be an integer >= 1 (units)")
+
+
+def access_units(
+    pattern: str,
+    n_units: int,
+    *,
+    touch_fraction: float = 1.0,
+    seed: int = 0,
+    hot_fraction: float = 0.1,
+    hot_share: float = 0.9,
+    zipf_s: float = 1.2,
+    stride: int = 512,
+) -> np.ndarray:
+    """The unit indices one access stream touches, in order, over units ``0 .. n_units-1``.
+
+    All patterns make floor(touch_fraction * n_units) accesses. ``sequential``,
+    ``random`` (equal to :func:`random_units`) and ``strided`` (0, S, 2S, ..., 1,
+    1+S, ...) touch distinct units; ``hotset`` and ``zipf`` draw with repetition:
+    hotset a uniform unit of the hot set with probability ``hot_share``, else any
+    unit; zipf rank r with probability proportional to 1/r^zipf_s. The hot set
+    and the rank order are the order ``random`` touches units in (same seed).
+    dtype uint32, int64 from 2^32 units.
+    """
+    _check_params(pattern=pattern, touch_fraction=touch_fraction, seed=seed,
+                  hot_fraction=hot_fraction, hot_share=hot_share, zipf_s=zipf_s, stride=stride)
+    if not isinstance(n_units, int | np.integer) or n_units < 0:
+        raise InputError(f"n_units {n_units} must be an integer >= 0")
+    n_units = int(n_units)
+    count = touched_units(n_units, touch_fraction)
+    dtype = unit_dtype(n_units)
+    if pattern == "sequential":
+        return np.arange(count, dtype=dtype)
+    if pattern == "strided":
+        return _strided(n_units, count, int(stride), dtype)
+    if pattern == "random":
+        units = shuffled_units(n_units, seed)
+        return units if count == n_units else units[:count].copy()
+    if count == 0:
+        return np.zeros(0, dtype=dtype)
+    draws = np.random.default_rng((seed, 1))  # independent of how the permutation was made
+    order = shuffled_units(n_units, seed)
+    if pattern == "hotset":
+        hot = order[: max(1, int(hot_fraction * n_units))].copy()
+        del order
+        return _hotset(hot, n_units, count, hot_share, draws, dtype)
+    return _zipf(order, count, zipf_s, draws)
+
+
+def _strided(n: int, count: int, stride: int, dtype) -> np.ndarray:
+    """The first ``count`` of 0, S, 2S, ..., 1, 1+S, ..., S-1, ... (a permutation of range(n))."""
+    out = np.empty(count, dtype=dtype)
+    if count == 0:
+        return out
+    s = min(stride, n)
+    q = -(-n // s)  # offsets r < rem have q units, the others q - 1
+    rem = n - (q - 1) * s
+    pos = 0
+    for first, last, length in ((0, rem, q), (rem, s, q - 1)):
+        if length == 0 or pos >= count:
+            continue
+        take = min(count - pos, (last - first) * length)
+        rows, extra = divmod(take, length)
+        steps = np.arange(length, dtype=dtype) * dtype(s)
+        block = out[pos: pos + rows * length].reshape(rows, length)
+        np.add(np.arange(first, first + rows, dtype=dtype)[:, None], steps[None, :], out=block)
+        if extra:
+            out[pos + rows * length: pos + take] = steps[:extra] + dtype(first + rows)
+        pos += take
+    return out
+
+
+def _hotset(hot: np.ndarray, n: int, count: int, hot_share: float,
+            rng: np.random.Generator, dtype) -> np.ndarray:
+    out = np.empty(count, dtype=dtype)
+    for start in range(0, count, _SAMPLE_CHUNK):
+        part = out[start: start + _SAMPLE_CHUNK]
+        is_hot = rng.random(part.shape[0]) < hot_share
+        nhot = int(np.count_nonzero(is_hot))
+        part[is_hot] = hot[rng.integers(0, hot.shape[0], nhot)]
+        part[~is_hot] = rng.integers(0, n, part.shape[0] - nhot)
+    return out
+
+
+def _zipf(order: np.ndarray, count: int, s: float, rng: np.random.Generator) -> np.ndarray:
+    """``count`` draws of order[r - 1], rank r in 1..n with probability ~ 1/r^s (inverse CDF)."""
+    n = order.shape[0]
+    cdf = np.arange(1, n + 1, dtype=np.float64)
+    np.power(cdf, -s, out=cdf)
+    np.cumsum(cdf, out=cdf)
+    guide = _rank_guide(cdf) if n >= _FAST_SHUFFLE_MIN and not numba.config.DISABLE_JIT else None
+    out = np.empty(count, dtype=order.dtype)
+    for start in range(0, count, _SAMPLE_CHUNK):
+        part = out[start: start + _SAMPLE_CHUNK]
+        u = rng.random(part.shape[0])
+        u *= cdf[-1]
+        np.take(order, _ranks(cdf, u, guide), out=part)
+    return out
+
+
+def _rank_guide(cdf: np.ndarray) -> np.ndarray:
+    """Guide table: entry b is the first rank whose cdf exceeds b / G of the total (G = n/8)."""
+    nb = cdf.shape[0] // 8 + 1
+    edges = np.arange(nb, dtype=np.float64) * (cdf[-1] / nb)
+    guide = np.searchsorted(cdf, edges, side="right")
+    np.minimum(guide, cdf.shape[0] - 1, out=guide)
+    return guide
+
+
+def _ranks(cdf: np.ndarray, u: np.ndarray, guide: np.ndarray | None) -> np.ndarray:
+    """0-based ranks: ``min(searchsorted(cdf, u, 'right'), n - 1)``, guided search if given."""
+    if guide is None:
+        ranks = np.searchsorted(cdf, u, side="right")
+        np.minimum(ranks, cdf.shape[0] - 1, out=ranks)
+    else:
+        ranks = np.empty(u.shape[0], dtype=np.int64)
+        PK.guided_search(cdf, guide, cdf[-1] / guide.shape[0], u, ranks)
+    return ranks
+
+
+def _describe(pattern: str, vcpus: int, layout: str, touch_fraction: float,
+              remap_fraction: float, hot_fraction: float, hot_share: float, zipf_s: float,
+              stride: int) -> str:
+    what = {
+        "hotset": f"hotset {_pct(hot_fraction)} hot, {_pct(hot_share)} of accesses",
+        "zipf": f"zipf s={zipf_s:g}",
+        "strided": f"strided by {stride} units",
+    }.get(pattern, pattern)
+    who = f"{vcpus} vCPUs ({layout})" if vcpus > 1 else "1 vCPU"
+    text = f"{what}, {who}, touch {_pct(touch_fraction)}"
+    return text + (f", remap {_pct(remap_fraction)}" if remap_fraction > 0 else "")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.4g}%"
+
+
+def _check_workload(pattern: str, guest_pages: int, level: str, vcpus: int, layout: str,
+                    remap_fraction: float) -> int:
+    """Validate the workload-level parameters; return the guest's number of units."""
+    if pattern not in ACCESS_PATTERNS:
+        raise InputError(f"pattern {pattern!r} is unknown (expected one of "
+                         f"{', '.join(ACCESS_PATTERNS)})")
+    upages = unit_pages(level)
+    if not isinstance(guest_pages, int | np.integer) or guest_pages <= 0 or guest_pages % upages:
+        raise InputError(f"guest_pages {guest_pages} is not a positive whole number of "
+                         f"{level} units ({upages} pages each)")
+    if layout not in LAYOUTS:
+        raise InputError(f"layout {layout!r} is unknown (expected one of {', '.join(LAYOUTS)})")
+    if not isinstance(vcpus, int | np.integer) or not 1 <= vcpus <= MAX_VCPUS:
+        raise InputError(f"vcpus {vcpus} must be an integer between 1 and {MAX_VCPUS}")
+    if not 0.0 <= remap_fraction <= 1.0:
+        raise InputError(f"remap_fraction {remap_fraction} must lie between 0 and 1")
+    return int(guest_pages) // upages
+
+
+def _slices(n_units: int, vcpus: int) -> list[tuple[int, int]]:
+    """(start, size) of each vCPU's contiguous slice; earlier slices get the extra units."""
+    base, extra = divmod(n_units, vcpus)
+    sizes = [base + (v < extra) for v in range(vcpus)]
+    starts = np.cumsum([0, *sizes[:-1]]).tolist()
+    return list(zip(starts, sizes, strict=True))
+
+
+def make_workload(
+    pattern: str,
+    guest_pages: int,
+    level: str,
+    *,
+    vcpus: int = 1,
+    layout: str = "slices",
+    touch_fraction: float = 1.0,
+    seed: int = 0,
+    remap_fraction: float = 0.0,
+    hot_fraction: float = 0.1,
+    hot_share: float = 0.9,
+    zipf_s: float = 1.2,
+    stride: int = 512,
+) -> Workload:
+    """The suite's workload: ``vcpus`` vCPUs running ``pattern`` over the guest's units.
+
+    ``slices``: vCPU v runs the pattern (seed + v) within its own contiguous
+    slice of the units; ``shared``: one stream over all units, access i made
+    by vCPU i % vcpus. With ``remap_fraction`` X > 0 the VMM remaps a centred,
+    unit-aligned range of max(1, floor(X * units)) units after the pass, and
+    the same pass runs again. See :func:`access_units` for the patterns.
+    """
+    n_units = _check_workload(pattern, guest_pages, level, vcpus, layout, remap_fraction)
+    params = dict(touch_fraction=touch_fraction, seed=seed, hot_fraction=hot_fraction,
+                  hot_share=hot_share, zipf_s=zipf_s, stride=stride)
+    _check_params(pattern=pattern, **params)
+    vcpus = int(vcpus)
+    dtype = unit_dtype(n_units)
+    if vcpus == 1:
+        units = access_units(pattern, n_units, **params)
+        bounds = np.array([0, units.shape[0]], dtype=np.int64)
+    elif layout == "slices":
+        slices = _slices(n_units, vcpus)
+        counts = [touched_units(size, touch_fraction) for _, size in slices]
+        bounds = np.cumsum([0, *counts], dtype=np.int64)
+        units = np.empty(int(bounds[-1]), dtype=dtype)
+        for v, (start, size) in enumerate(slices):
+            part = units[bounds[v]: bounds[v + 1]]
+            part[:] = access_units(pattern, size, **{**params, "seed": seed + v})
+            if start:
+                part += dtype(start)
+    else:
+        stream = access_units(pattern, n_units, **params)
+        count = stream.shape[0]
+        lengths = [len(range(v, count, vcpus)) for v in range(vcpus)]
+        bounds = np.cumsum([0, *lengths], dtype=np.int64)
+        units = np.empty(count, dtype=dtype)
+        for v in range(vcpus):
+            units[bounds[v]: bounds[v + 1]] = stream[v::vcpus]
+        del stream
+    phase = Phase(units, bounds)
+    steps: tuple[Phase | Remap, ...] = (phase,)
+    if remap_fraction > 0:
+        upages = unit_pages(level)
+        nremap = max(1, int(remap_fraction * n_units))
+        first = (n_units - nremap) // 2
+        steps = (phase, Remap(first * upages, nremap * upages), phase)
+    desc = _describe(pattern, vcpus, layout, touch_fraction, remap_fraction, hot_fraction,
+                     hot_share, zipf_s, stride)
+    return Workload(steps, vcpus, desc)
+
+
+def _stream_bytes(pattern: str, n: int, count: int, hot_fraction: float, stride: int,
+                  isz: int) -> int:
+    """Peak bytes of building one stream of ``count`` accesses over ``n`` units, output included."""
+    out = count * isz
+    if pattern == "random":  # the whole shuffled range, then a copy of the touched part
+        return n * isz + (out if count < n else 0) + _FIXED_TEMP
+    if pattern == "strided" and count:  # row and column ranges; NumPy's ufunc buffers
+        s = min(stride, n)
+        return out + 2 * isz * (s + n // s + 1) + (1 << 17)
+    if pattern in ("sequential", "strided") or count == 0:
+        return out + (1 << 16)
+    temp = min(count, _SAMPLE_CHUNK) * _SAMPLE_TEMP_PER_DRAW + _FIXED_TEMP
+    if pattern == "hotset":
+        return n * isz + max(1, int(hot_fraction * n)) * isz + out + temp
+    guide = (n // 8 + 2) * 8 + (n // 8 + 2) * 8  # the guide and its float bucket edges
+    return n * 8 + n * isz + guide + out + temp  # zipf: cdf + rank order
+
+
+def workload_bytes(
+    pattern: str,
+    guest_pages: int,
+    level: str,
+    *,
+    vcpus: int = 1,
+    layout: str = "slices",
+    touch_fraction: float = 1.0,
+    seed: int = 0,
+    remap_fraction: float = 0.0,
+    hot_fraction: float = 0.1,
+    hot_share: float = 0.9,
+    zipf_s: float = 1.2,
+    stride: int = 512,
+) -> int:
+    """Upper bound of the bytes :func:`make_workload` needs at its peak (cheap, allocates nothing).
+
+    Lets a caller refuse a configuration that does not fit before building it;
+    raises InputError for the same bad input as make_workload.
+    """
+    n_units = _check_workload(pattern, guest_pages, level, vcpus, layout, remap_fraction)
+    _check_params(pattern=pattern, touch_fraction=touch_fraction, seed=seed,
+                  hot_fraction=hot_fraction, hot_share=hot_share, zipf_s=zipf_s, stride=stride)
+    isz = np.dtype(unit_dtype(n_units)).itemsize
+    total = touched_units(n_units, touch_fraction)  # >= the sum over slices
+    extra = 8 * (int(vcpus) + 1) + (1 << 12)
+    if vcpus == 1:  # the stream is the phase's array
+        return _stream_bytes(pattern, n_units, total, hot_fraction, stride, isz) + extra
+    if layout == "slices":  # one slice's stream at a time, copied into the phase's array
+        biggest = -(-n_units // int(vcpus))
+        stream = _stream_bytes(pattern, biggest, touched_units(biggest, touch_fraction),
+                               hot_fraction, stride, isz)
+    else:
+        stream = _stream_bytes(pattern, n_units, total, hot_fraction, stride, isz)
+    return total * isz + stream + extra
+
+
+def workload_from_trace(trace: Trace, guest_pages: int, level: str) -> Workload:
+    """A trace's accesses and remaps as a workload.
+
+    The accesses between two remaps form one Phase in which each vCPU makes its
+    own accesses in trace order (phases without accesses are dropped); each
+    remap is a Remap step (its vcpu ignored). nvcpus = 1 + the largest vcpu of
+    an access (at least 1); every phase has that many vCPUs.
+    """
+    upages = unit_pages(level)
+    if guest_pages <= 0 or guest_pages % upages:
+        raise InputError(f"guest_pages {guest_pages} is not a positive whole number of "
+                         f"{level} units ({upages} pages each)")
+    trace.check(guest_pages)
+    assert trace.vcpu is not None  # filled in by Trace.__post_init__
+    is_access = trace.ops == K.OP_ACCESS
+    nvcpus = int(trace.vcpu[is_access].max()) + 1 if is_access.any() else 1
+    dtype = unit_dtype(guest_pages // upages)
+    steps: list[Phase | Remap] = []
+    remaps = np.flatnonzero(~is_access).tolist()
+    start = 0
+    for stop in [*remaps, len(trace)]:
+        if stop > start:
+            vcpu = trace.vcpu[start:stop]
+            order = np.argsort(vcpu, kind="stable")
+            units = (trace.gfns[start:stop][order] // upages).astype(dtype)
+            counts = np.bincount(vcpu, minlength=nvcpus)
+            steps.append(Phase(units, np.concatenate(([0], np.cumsum(counts))).astype(np.int64)))
+        if stop < len(trace):
+            steps.append(Remap(int(trace.gfns[stop]), int(trace.npages[stop])))
+        start = stop + 1
+    naccess = int(is_access.sum())
+    desc = (f"trace: {naccess} accesses, {len(remaps)} remaps, {nvcpus} "
+            f"vCPU{'s' if nvcpus > 1 else ''}")
+    return Workload(tuple(steps), nvcpus, desc)

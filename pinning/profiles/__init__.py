@@ -1,1 +1,0 @@
-"""Cost profiles shipped with pinbench (TOML files, loaded by :mod:`pinning.costs`)."""
