@@ -4,8 +4,9 @@
 Measures, in one run (medians of --repeat values, host memory warmed before each):
   * the machine: streaming int64 writes and random ``a[i] += 1`` over 2 GiB;
   * upfront startup (pages/s), demand sequential 4k faults/s, random 4k
-    faults/s over a 64 GiB guest -- simulation bookkeeping, not real faults;
-  * the same three on the pure-Python reference model (tests/reference.py);
+    faults/s over a 64 GiB guest -- the engine's kernels, simulation bookkeeping, not
+    real faults; and random faults through the vCPU model (the lifecycle's access path);
+  * the same on the pure-Python reference model (tests/reference.py);
   * ``pinbench simulate --pattern sequential`` of a 1 TiB 4k guest, both
     strategies, each in its own process (wall time, phases, peak RSS);
   * the first call of the kernels in a new process, with an empty numba
@@ -31,9 +32,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pinning.backends.hostmem import random_update, stream_write, warm_host  # noqa: E402
-from pinning.model.state import memory_needed, simulate, warm_up  # noqa: E402
+from pinning.backends.cpu import random_update, stream_write  # noqa: E402
+from pinning.backends.hostmem import warm_host  # noqa: E402
+from pinning.model import strategies  # noqa: E402
+from pinning.model.costs import load_profile  # noqa: E402
+from pinning.model.kernels import engine as K  # noqa: E402
+from pinning.model.lifecycle import warm_up  # noqa: E402
+from pinning.model.state import memory_needed, new_state, zero_metadata  # noqa: E402
 from pinning.model.units import format_size  # noqa: E402
+from pinning.model.vcpu import run_workload  # noqa: E402
+from pinning.model.workloads import Phase, Workload, random_units  # noqa: E402
 
 GiB = 1 << 30
 
@@ -67,24 +75,53 @@ def machine_rates(nbytes: int, repeat: int) -> dict:
             "stream_write_bytes_per_s": tuple(x * 8 for x in w), "random_update_per_s": u}
 
 
-def model_rates(guest_pages: int, repeat: int) -> dict:
-    """Upfront startup, demand sequential and random 4k fault rates of the kernels."""
+def _op(op: int, npages: int = 0, units: np.ndarray | None = None) -> tuple:
+    return (np.array([op], dtype=np.int8), np.zeros(1, dtype=np.int64),
+            np.array([npages], dtype=np.int64),
+            units if units is not None else np.zeros(0, dtype=np.uint32))
 
-    def run(strategy: str, pattern: str, phase: str, touch: float) -> float:
-        warm_host(memory_needed(strategy, guest_pages, "4k", 0, 4 * guest_pages))
-        r = simulate(strategy, guest_pages, "4k", pattern=pattern, touch_fraction=touch, seed=1)
-        return guest_pages / (r.elapsed_ns[phase] / 1e9)
+
+def model_rates(guest_pages: int, repeat: int) -> dict:
+    """Upfront startup, demand sequential and random 4k fault rates of the engine's kernels,
+    and random faults through the vCPU model (one vCPU)."""
+    units = random_units(guest_pages, 1.0, 1)
+    profile = load_profile()
+
+    def run(strategy: str, pattern: str, phase: str) -> float:
+        s = strategies.get(strategy)
+        rules = np.array(s.rules(), dtype=np.int64)
+        warm_host(memory_needed(s, guest_pages, "4k", 0, 4 * guest_pages))
+        state = new_state(s, guest_pages, "4k")
+        t = time.perf_counter()
+        zero_metadata(state)
+        K.run(state, rules, 1, K.NO_LIMIT, *_op(K.OP_STARTUP))
+        elapsed = time.perf_counter() - t
+        if phase == "access":
+            t = time.perf_counter()
+            if pattern == "sequential":
+                K.run(state, rules, 1, K.NO_LIMIT, *_op(K.OP_ACCESS_RANGE, guest_pages))
+            else:
+                K.run(state, rules, 1, K.NO_LIMIT, *_op(K.OP_ACCESS_UNITS, guest_pages, units))
+            elapsed = time.perf_counter() - t
+        elif phase == "vcpu":
+            work = Workload((Phase(units, np.array([0, guest_pages], dtype=np.int64)),), 1)
+            t = time.perf_counter()
+            run_workload(state, strategy, "4k", K.NO_LIMIT, work, profile)
+            elapsed = time.perf_counter() - t
+        return guest_pages / elapsed
 
     return {
         "guest_pages": guest_pages,
         "upfront_startup_pages_per_s": median_of(
-            lambda: run("upfront", "sequential", "startup", 0.0), repeat),
+            lambda: run("upfront", "sequential", "startup"), repeat),
         "demand_sequential_faults_per_s": median_of(
-            lambda: run("demand", "sequential", "access", 1.0), repeat),
+            lambda: run("demand", "sequential", "access"), repeat),
         "demand_random_faults_per_s": median_of(
-            lambda: run("demand", "random", "access", 1.0), repeat),
+            lambda: run("demand", "random", "access"), repeat),
         "upfront_random_faults_per_s": median_of(
-            lambda: run("upfront", "random", "access", 1.0), repeat),
+            lambda: run("upfront", "random", "access"), repeat),
+        "vcpu_model_demand_random_faults_per_s": median_of(
+            lambda: run("demand", "random", "vcpu"), repeat),
     }
 
 
@@ -148,7 +185,7 @@ def one_tib(size: str) -> list[dict]:
 
 def jit_first_call() -> dict:
     """First call of the kernels in a new process: empty numba cache, then warm cache."""
-    code = ("import time; from pinning.model.state import warm_up; "
+    code = ("import time; from pinning.model.lifecycle import warm_up; "
             "t = time.perf_counter(); warm_up(); "
             "print(time.perf_counter() - t)")
     with tempfile.TemporaryDirectory() as cache:
@@ -190,7 +227,8 @@ def main() -> int:
     print(f"model, {format_size(guest_pages * 4096)} guest at 4k (sim bookkeeping)"
           f"                     reference ({ref['guest_pages']} pages)      ratio")
     for key in ("upfront_startup_pages_per_s", "demand_sequential_faults_per_s",
-                "demand_random_faults_per_s", "upfront_random_faults_per_s"):
+                "demand_random_faults_per_s", "upfront_random_faults_per_s",
+                "vcpu_model_demand_random_faults_per_s"):
         line = f"  {key:<32}{fmt_rate(k[key]):<34}"
         if key in ref:
             line += f"{fmt_rate(ref[key]):<28}{k[key][0] / ref[key][0]:>8,.0f}x"

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pinning.backends.hostmem import warm_host  # noqa: E402
-from pinning.model.units import InputError, format_size, parse_size  # noqa: E402
+from pinning.model.names import InputError  # noqa: E402
+from pinning.model.units import format_size, parse_size  # noqa: E402
 
 
 def _med(xs: list[float]) -> dict[str, float]:

@@ -28,8 +28,8 @@ from pinning.backends.qemu import (
     qemu_version,
     start_to_qmp,
 )
-from pinning.harness.suite import SCHEMA_VERSION
-from pinning.model.units import InputError, format_size, parse_size
+from pinning.model.names import SCHEMA_VERSION, InputError
+from pinning.model.units import format_size, parse_size
 
 FAMILY = "qemu_peer"
 DEFAULT_SIZES = "2GiB,4GiB,8GiB"

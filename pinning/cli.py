@@ -7,16 +7,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 
-from pinning.model.units import (
-    LEVELS,
-    PAGE_SIZE,
-    InputError,
-    format_size,
-    guest_pages_for,
-    parse_size,
-)
-from pinning.model.workloads import PATTERNS, read_trace
+from pinning.harness.options import add_config_options, config_from_args
+from pinning.model.config import BenchConfig, option
+from pinning.model.names import InputError
+from pinning.model.units import format_size
 
 EXIT_BAD_INPUT = 2
 
@@ -28,44 +24,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
-def _size(what: str):
-    def parse(text: str) -> int:
-        try:
-            return parse_size(text, what)
-        except InputError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
-def _memlock(text: str) -> int | None:
-    if text.strip().lower() in ("unlimited", "none", "inf"):
-        return None
-    if text.strip() == "0":
-        return 0
-    return _size("memory-lock limit")(text)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"touch fraction {text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"touch fraction {text} must lie between 0 and 1")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed {text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seed {value} must not be negative")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``pinbench`` subcommand."""
     parser = _Parser(prog="pinbench", description=__doc__)
@@ -73,35 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser(
         "simulate",
-        help="run one modelled VM lifecycle (startup, operations, teardown) and print counters",
-        description="Run startup, the guest's operations and teardown on the model and print "
-        "the event counters (modelled) and the wall time of each phase (measured).",
+        help="run one VM lifecycle (startup, the guest's accesses, teardown) and print counters "
+             "and times",
+        description="Run startup, the guest's operations and teardown -- the same lifecycle a "
+        "suite's benchmark runs -- and print the event counts and modelled time (events x "
+        "cost profile, vCPU model) and the measured wall time of each phase.",
     )
-    sim.add_argument("--strategy", required=True, choices=("upfront", "demand"))
-    sim.add_argument("--guest-size", required=True, type=_size("guest size"),
-                     help="guest memory, e.g. 4GiB (KiB, MiB, GiB, TiB)")
-    sim.add_argument("--level", default="4k", choices=tuple(LEVELS),
-                     help="mapping level of host backing and nested mappings (default 4k)")
-    sim.add_argument("--memlock-limit", type=_memlock, default=None, metavar="SIZE",
-                     help="RLIMIT_MEMLOCK of the VMM (default: unlimited, as when privileged)")
+    add_config_options(sim, skip=("pattern", "remap_fraction", "backing"),
+                       required=("strategy", "guest_size"))
     what = sim.add_mutually_exclusive_group(required=True)
-    what.add_argument("--trace", metavar="FILE", help="CSV with header op,gfn,npages")
-    what.add_argument("--pattern", choices=PATTERNS)
-    sim.add_argument("--touch-fraction", type=_fraction, default=1.0, metavar="F",
-                     help="fraction of the guest's units a pattern touches (default 1)")
-    sim.add_argument("--seed", type=_seed, default=0, help="seed of the random pattern")
-    sim.add_argument("--vcpus", type=int, default=1,
-                     help="vCPUs touching memory with --backing real or --backend kvm")
-    sim.add_argument("--backing", default="sim", choices=("sim", "real"),
-                     help="guest memory of the model: the sim's arrays only (default), or "
-                          "also a real anonymous mapping (populate + mlock at upfront "
-                          "startup, real first-touch faults under demand)")
+    what.add_argument("--trace", metavar="FILE",
+                      help="CSV with header op,gfn,npages (optionally a vcpu column)")
+    pattern = option(next(f for f in fields(BenchConfig) if f.name == "pattern"))
+    what.add_argument("--pattern", choices=pattern.choices(), help=pattern.help)
+    sim.add_argument("--backing", default="sim", choices=("sim", "real", "kvm"),
+                     help="guest memory of the run: the sim's arrays only (default), also a "
+                          "real anonymous mapping (populate + mlock at upfront startup, real "
+                          "first-touch faults under demand), or a real KVM guest")
     sim.add_argument("--backend", default="model", choices=("model", "kvm"),
                      help="who runs the guest: the model (default) or a real KVM VM "
-                          "through /dev/kvm (the model's events are printed beside it)")
-    sim.add_argument("--host", default="warm", choices=("warm", "cold"),
-                     help="host memory before a real run: warmed right before (default) or "
-                          "left idle so the hypervisor below reclaims it")
+                          "(the same as --backing kvm)")
+    sim.add_argument("--cost-profile", default=None, metavar="FILE",
+                     help="cost profile TOML for the modelled times (default: builtin)")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
 
@@ -295,115 +246,45 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """``pinbench simulate``: one modelled lifecycle."""
-    if args.backing != "sim" or args.backend != "model":
-        return _simulate_real(args)
-    if args.vcpus != 1 or args.host != "warm":
-        raise InputError("--vcpus and --host apply to --backing real and --backend kvm")
-    from pinning.model.state import simulate, warm_up
+    """``pinbench simulate``: one lifecycle on any backing, through the suite's own path."""
+    from pinning.analysis.formatting import simulation_text
+    from pinning.harness.backings import preflight
+    from pinning.model.costs import load_profile
 
-    guest_pages = guest_pages_for(args.guest_size, args.level)
-    trace = read_trace(args.trace) if args.trace else None
-    if trace is not None:
-        trace.check(guest_pages)
+    if args.backend == "kvm" and args.backing not in ("sim", "kvm"):
+        raise InputError(f"--backend kvm runs a KVM guest: it cannot also be --backing "
+                         f"{args.backing}")
+    backing = "kvm" if args.backend == "kvm" else args.backing
+    config = config_from_args("lifecycle", args, backing=backing,
+                              pattern=args.pattern or "sequential")
+    profile = load_profile(args.cost_profile)
+    workload = None
+    if args.trace:
+        from pinning.model.traces import read_trace, workload_from_trace
+
+        if config.vcpus != 1:
+            raise InputError("--vcpus does not apply to a trace: its vcpu column says which "
+                             "vCPU makes each access")
+        workload = workload_from_trace(read_trace(args.trace), config.guest_pages,
+                                       config.level)
+    runner = preflight(config, workload, what=f"a {format_size(config.guest_size)} "
+                                                f"{config.strategy} guest at {config.level}")
+    from pinning.model.lifecycle import warm_up
+
     # Compile or load the kernels first so that no phase's time includes the JIT.
     warm_up()
-    result = simulate(
-        args.strategy,
-        guest_pages,
-        args.level,
-        trace=trace,
-        pattern=args.pattern,
-        touch_fraction=args.touch_fraction,
-        seed=args.seed,
-        memlock_limit=args.memlock_limit,
-    )
-    if args.json:
-        print(json.dumps(result.as_dict()))
-    else:
-        print(format_result(result.as_dict()))
-    return 0
-
-
-def _simulate_real(args: argparse.Namespace) -> int:
-    """simulate on real memory or a real VM: one lifecycle through pinning.model.lifecycle."""
-    from pinning.harness.suite import BenchConfig
-    from pinning.model.costs import load_profile
-    from pinning.model.lifecycle import backing_unavailable, config_bytes, run_lifecycle
-    from pinning.model.state import check_fits, warm_up
-
-    if args.trace or args.memlock_limit is not None:
-        raise InputError("--trace and --memlock-limit run on the sim only (drop --backing "
-                         "real / --backend kvm)")
-    backing = "kvm" if args.backend == "kvm" else "real"
-    config = BenchConfig("lifecycle", args.strategy, args.guest_size, args.level,
-                         vcpus=args.vcpus, pattern=args.pattern,
-                         touch_fraction=args.touch_fraction, seed=args.seed,
-                         backing=backing, host=args.host)
-    config.check()
-    check_fits(config_bytes(config), config.name)
-    missing = backing_unavailable(config)
-    if missing:
-        raise InputError(missing)
-    warm_up()
-    profile = load_profile()
-    res = run_lifecycle(config, profile)
-    model = res
-    if backing == "kvm":  # the model's events for the same configuration
-        from dataclasses import replace
-
-        model = run_lifecycle(replace(config, backing="sim", host="warm"), profile)
-    # a phase's events are the counters' growth in it, so their sum is the run's total
-    counters: dict[str, int] = {}
-    for events in model.events.values():
-        for name, value in events.items():
-            counters[name] = counters.get(name, 0) + value
+    res = runner.run(config, profile, workload)
     out = {"strategy": config.strategy, "level": config.level,
-           "guest_pages": config.guest_pages, "backing": backing, "host": config.host,
-           **counters, "error": res.error, "elapsed_ns": dict(res.elapsed_ns)}
-    if res.kvm:
-        out["kvm"] = res.kvm
-    print(json.dumps(out) if args.json else format_result(out))
+           "guest_pages": config.guest_pages, "backing": backing, "vcpus": res.config.vcpus,
+           **res.counters(), "error": res.error, "elapsed_ns": dict(res.elapsed_ns),
+           "modelled_ns": {**res.model_ns, "total": res.total_model_ns},
+           "cost_profile": profile.name}
+    if backing != "sim":
+        out["host"] = config.host
+    if res.backing:
+        out["kvm"] = res.backing
+    print(json.dumps(out) if args.json else simulation_text(out))
     return 0
-
-
-def format_result(res: dict) -> str:
-    """A readable table of one ``simulate`` result."""
-    from pinning.model.kernels.engine import COUNTER_NAMES
-
-    size = format_size(res["guest_pages"] * PAGE_SIZE)
-    lines = [f"{res['strategy']} pinning, {size} guest ({res['guest_pages']:,} pages), "
-             f"level {res['level']}"]
-    if res["error"]:
-        lines.append(f"error: {res['error']}")
-    lines.append("")
-    lines.append("event counts (modelled)")
-    for name in COUNTER_NAMES:
-        value = res[name]
-        extra = f"  ({format_size(value)})" if name.endswith("_bytes") and value else ""
-        lines.append(f"  {name:<26}{value:>16,}{extra}")
-    lines.append("")
-    what = {"real": "the simulation on real host memory", "kvm": "a real KVM guest"}
-    host = f", {res['host']} host" if "host" in res else ""
-    lines.append(f"wall time of {what.get(res.get('backing', ''), 'the simulation')}"
-                 f"{host} (measured)")
-    for phase, ns in res["elapsed_ns"].items():
-        lines.append(f"  {phase:<26}{ns / 1e6:>13.3f} ms")
-    kvm = res.get("kvm") or {}
-    if kvm:
-        lines.append("")
-        lines.append("kvm: the VM's phases and KVM's statistics (measured)")
-        for key, value in kvm.items():
-            if key.endswith("_ns") and isinstance(value, int | float):
-                lines.append(f"  {key:<26}{value / 1e6:>13.3f} ms")
-        stats = kvm.get("stats") or {}
-        for name, value in stats.items():
-            if value:
-                lines.append(f"  {name:<30}{value:>16,}")
-        zero = sorted(name for name, value in stats.items() if not value)
-        if zero:
-            lines.append(f"  ({len(zero)} more KVM statistics are 0: {', '.join(zero)})")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

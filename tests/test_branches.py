@@ -23,7 +23,7 @@ import pytest
 
 from pinning.harness import branches
 from pinning.harness.suite import load_suite, parse_suite
-from pinning.model.units import InputError
+from pinning.model.names import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW = "startup/upfront/8GiB/4k"
@@ -46,14 +46,14 @@ guest_size = "8GiB"
 # (the sum can only change the status if it equals an arbitrary constant, and LLVM cannot
 # drop a loop whose result it compares).
 SLOW_PATCH = """\
-            extra = 0
-            for _ in range(20):
-                for g in range(guest_pages):
-                    extra = extra * 3 + host_map[g]
-            if extra == 0x5EED5EED5EED5EED:
-                status = ERR_NO_FRAME
+    extra = 0
+    for _ in range(20):
+        for g in range(guest_pages):
+            extra = extra * 3 + st.host_map[g]
+    if extra == 0x5EED5EED5EED5EED:
+        status = ERR_NO_FRAME
 """
-SLOW_ANCHOR = "            clflush_bytes += guest_pages * PAGE_SIZE\n"
+SLOW_ANCHOR = "    clflush += guest_pages * PAGE_SIZE\n"
 
 needs_jit = pytest.mark.skipif(bool(os.environ.get("NUMBA_DISABLE_JIT")),
                                reason="8 GiB guests in pure Python would take minutes")

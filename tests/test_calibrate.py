@@ -20,6 +20,7 @@ import numba
 import pytest
 
 import pinning.backends
+from pinning.backends import libc
 from pinning.harness import calibrate as cal
 from pinning.harness.calibrate import (
     NOT_MEASURABLE,
@@ -30,7 +31,7 @@ from pinning.harness.calibrate import (
     write_calibrated,
 )
 from pinning.model.costs import COST_KEYS, load_profile
-from pinning.model.units import InputError
+from pinning.model.names import InputError
 
 JIT = not numba.config.DISABLE_JIT
 X86 = platform.machine() in ("x86_64", "AMD64")
@@ -223,14 +224,11 @@ def test_format_measurements(quick):
 
 
 def test_mlock_refused_carries_pin_and_unpin(monkeypatch):
-    real = cal._lib()
-
     def refused(addr, length):
         ctypes.set_errno(errno.ENOMEM)
         return -1
 
-    fake = types.SimpleNamespace(madvise=real.madvise, mlock=refused, munlock=real.munlock)
-    monkeypatch.setattr(cal, "_lib", lambda: fake)
+    monkeypatch.setattr(libc, "mlock", refused)
     _, ms = calibrate(quick=True, use_kvm=False)
     got = by_key(ms)
     default = load_profile()

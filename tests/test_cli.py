@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pinning.cli import main
-from pinning.model.kernels.engine import COUNTER_NAMES
+from pinning.model.names import COUNTERS as COUNTER_NAMES
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -97,7 +97,7 @@ def test_memlock_failure_is_a_result_not_an_error(capsys):
         (["--guest-size", "4GiB", "--level", "5m"], "invalid choice: '5m'"),
         (["--guest-size", "4GiB", "--touch-fraction", "1.5"], "between 0 and 1"),
         (["--guest-size", "4GiB", "--touch-fraction", "half"], "not a number"),
-        (["--guest-size", "64TiB"], "of memory for its arrays, but only"),
+        (["--guest-size", "64TiB"], "does not fit: it needs"),
         (["--guest-size", "4MiB", "--seed=-1"], "seed -1 must not be negative"),
     ],
 )

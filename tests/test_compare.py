@@ -12,7 +12,7 @@ import pytest
 
 from pinning.analysis.compare import Comparison, compare_files, main, parse_threshold
 from pinning.analysis.results import load_results
-from pinning.model.units import InputError
+from pinning.model.names import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "data" / "quick-sample.json"

@@ -16,7 +16,7 @@ from pinning.model.costs import (
     modelled_ns,
     write_profile,
 )
-from pinning.model.units import InputError
+from pinning.model.names import InputError
 
 GOOD = """\
 npf_exit_ns = 1000

@@ -2,15 +2,15 @@
 
 Every expected value below was derived by hand from the spec (the comments
 show the working), not copied from a run. Each example is checked against the
-kernels (``pinning.model.state.simulate``) and against the reference model.
+kernels (the one lifecycle: ``tests.modelrun.simulate``) and against the reference model.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from pinning.model.state import simulate, snapshot
-from pinning.model.workloads import Trace
+from pinning.model.traces import Trace
+from tests.modelrun import simulate
 from tests.reference import COUNTER_NAMES, run_reference
 
 MIB2 = 512 * 4096  # bytes in one 2m unit
@@ -26,9 +26,9 @@ def counters(**nonzero: int) -> dict[str, int]:
 def run_both(strategy, guest_pages, level, ops, limit=None, teardown=True):
     """(kernel result, kernel snapshot, reference result) for one example."""
     got = simulate(strategy, guest_pages, level, trace=Trace.from_rows(ops),
-                   memlock_limit=limit, keep_state=True, teardown=teardown)
+                   memlock_limit=limit, teardown=teardown)
     ref = run_reference(strategy, guest_pages, level, ops, limit, teardown=teardown)
-    return got, snapshot(got.state), ref
+    return got, got.snapshot, ref
 
 
 def check(strategy, guest_pages, level, ops, expected, limit=None, teardown=True,

@@ -11,7 +11,7 @@ import pytest
 
 from pinning.analysis.ground import kvm_vs_model, published_vs_model, startup_events
 from pinning.analysis.stats import PUBLISHED_BOOT, PUBLISHED_FIXED_S
-from pinning.harness.suite import BenchConfig
+from pinning.model.config import BenchConfig
 from pinning.model.costs import load_profile
 from pinning.model.lifecycle import run_lifecycle
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from pinning.backends import kvm, kvm_guest
-from pinning.model.units import InputError
+from pinning.backends.hostmem import available_memory
+from pinning.model.names import InputError
 
 _REASON = kvm.kvm_unavailable()
 if _REASON is not None:
@@ -164,7 +165,7 @@ def test_guest_size_must_be_a_positive_multiple_of_2mib(size):
 
 
 def test_guest_larger_than_available_memory_is_refused():
-    available = kvm._mem_available()
+    available = available_memory()
     size = (available // (2 * MiB) + 1) * 2 * MiB
     with pytest.raises(InputError, match="MemAvailable") as info:
         kvm.run_vm(size)

@@ -1,7 +1,7 @@
 """Property tests: the Numba kernels agree with the pure-Python reference model.
 
 Random traces of accesses and remaps (both strategies, 4k/2m/1g, tiny
-memory-lock limits) are run through ``pinning.model.state.simulate`` and through
+memory-lock limits) are run through the one lifecycle (``tests.modelrun.simulate``) and
 ``tests.reference``; every counter, the error flag and the final state must
 agree, with and without teardown. Every kernel result is also checked against
 the model's invariants.
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from pinning.model.state import simulate, snapshot
-from pinning.model.workloads import Trace
+from pinning.model.traces import Trace
+from tests.modelrun import simulate
 from tests.reference import (
     COUNTER_NAMES,
     LEVEL_UNIT_PAGES,
@@ -160,12 +160,13 @@ def compare_with_reference(strategy, guest_pages, level, ops, limit) -> RefResul
     trace = Trace.from_rows(ops)
     for teardown, ref in ((True, destroyed), (False, live)):
         got = simulate(strategy, guest_pages, level, trace=trace, memlock_limit=limit,
-                       keep_state=True, teardown=teardown)
-        snap = snapshot(got.state)
+                       teardown=teardown)
+        snap = got.snapshot
         check_invariants(snap, got.counters, strategy, torn_down=teardown)
         assert got.counters == ref.counters, f"teardown={teardown}"
         assert (got.error is None) == (ref.error is None), (got.error, ref.error)
         assert snap == ref.state, f"teardown={teardown}"
+        assert got.result.ops_done == ref.ops_done, f"teardown={teardown}"
     return destroyed
 
 
@@ -236,8 +237,8 @@ def test_patterns_match_reference(strategy, level_units, pattern, touch_fraction
     ops = pattern_ops(pattern, guest_pages, level, touch_fraction, seed)
     ref = run_reference(strategy, guest_pages, level, ops, limit)
     got = simulate(strategy, guest_pages, level, pattern=pattern, touch_fraction=touch_fraction,
-                   seed=seed, memlock_limit=limit, keep_state=True)
-    snap = snapshot(got.state)
+                   seed=seed, memlock_limit=limit)
+    snap = got.snapshot
     check_invariants(snap, got.counters, strategy, torn_down=True)
     assert got.counters == ref.counters
     assert (got.error is None) == (ref.error is None)
@@ -251,6 +252,6 @@ def test_random_pattern_order_is_the_documented_shuffle() -> None:
     ops = pattern_ops("random", 16, "4k", 0.5, seed=5)
     assert [g for _, g, _ in ops] == [int(u) for u in units[:8]]
     got = simulate("demand", 16, "4k", pattern="random", touch_fraction=0.5, seed=5,
-                   keep_state=True, teardown=False)
+                   teardown=False)
     # Frames are allocated in fault order: the i-th touched gfn holds pfn i+1.
-    assert snapshot(got.state)["host_map"] == {int(u): i + 1 for i, u in enumerate(units[:8])}
+    assert got.snapshot["host_map"] == {int(u): i + 1 for i, u in enumerate(units[:8])}

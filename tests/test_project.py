@@ -39,7 +39,7 @@ def test_ruff_is_clean():
 def test_second_process_loads_kernels_from_the_numba_cache(tmp_path):
     code = (
         "import json; from pinning.model.kernels import engine as K; "
-        "from pinning.model.state import warm_up; "
+        "from pinning.model.lifecycle import warm_up; "
         "warm_up(); s = K.run.stats; "
         "print(json.dumps({'hits': sum(s.cache_hits.values()), "
         "'misses': sum(s.cache_misses.values())}))"

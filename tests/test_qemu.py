@@ -19,7 +19,7 @@ import pytest
 
 from pinning.backends import qemu
 from pinning.backends.qemu import QemuError, qemu_unavailable, start_to_qmp
-from pinning.model.units import InputError
+from pinning.model.names import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "qemu_peer.py"

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from pinning.backends.realmem import GuestMemory
-from pinning.harness.suite import BenchConfig
+from pinning.harness.backings import TABLE, validate
+from pinning.harness.bench import run_metadata
+from pinning.model.config import BenchConfig
 from pinning.model.costs import load_profile
-from pinning.model.lifecycle import lifecycle_metadata, run_lifecycle
-from pinning.model.units import InputError
+from pinning.model.names import InputError
 
 MiB = 1 << 20
 
@@ -105,14 +106,14 @@ def test_real_backing_keeps_the_models_events_and_releases_guest_ram(
     sim = BenchConfig("lifecycle", strategy, 32 * MiB, "4k", vcpus=2, pattern="random")
     real = replace(sim, backing="real")
     lck = status_kib("VmLck")
-    r_sim, r_real = run_lifecycle(sim, profile), run_lifecycle(real, profile)
+    r_sim, r_real = TABLE["sim"].run(sim, profile), TABLE["real"].run(real, profile)
     assert r_real.error is None
     assert r_real.events == r_sim.events  # the bookkeeping is the same
     assert set(r_real.elapsed_ns) == {"startup", "access", "teardown"}
     assert all(ns > 0 for ns in r_real.elapsed_ns.values())
     # guest RAM unmapped and unlocked again
     assert len(made) == 1 and not mapped(made[0].addr) and status_kib("VmLck") == lck
-    md = lifecycle_metadata(real, r_real)
+    md = run_metadata(real, TABLE["real"], r_real)
     assert md["host.state"] == "warm" and "real host memory" in md["measured.what"]
 
 
@@ -124,10 +125,10 @@ def test_real_backing_costs_more_than_the_sim_for_demand_first_touches() -> None
     # bookkeeping of the same accesses: measured in one run, compared as a ratio.
     profile = load_profile()
     sim = BenchConfig("fault_storm", "demand", 64 * MiB, "4k", pattern="sequential")
-    run_lifecycle(sim, profile)  # kernels loaded
-    t_sim = min(run_lifecycle(sim, profile).elapsed_ns["access"] for _ in range(3))
-    t_real = min(run_lifecycle(replace(sim, backing="real"), profile).elapsed_ns["access"]
-                 for _ in range(3))
+    real = replace(sim, backing="real")
+    TABLE["sim"].run(sim, profile)  # kernels loaded
+    t_sim = min(TABLE["sim"].run(sim, profile).elapsed_ns["access"] for _ in range(3))
+    t_real = min(TABLE["real"].run(real, profile).elapsed_ns["access"] for _ in range(3))
     assert t_real > 2 * t_sim
 
 
@@ -137,11 +138,12 @@ def test_real_backing_costs_more_than_the_sim_for_demand_first_touches() -> None
     ({"host": "cold"}, "host 'cold' needs a real backing"),
     ({"backing": "kvm", "pattern": "zipf"}, "patterns sequential and random"),
     ({"backing": "real", "host": "lukewarm"}, "host 'lukewarm' is not one of warm, cold"),
+    ({"backing": "real", "memlock_limit": MiB}, "memlock_limit runs on the sim only"),
 ])
 def test_backing_combinations_refused(changes: dict, message: str) -> None:
     config = replace(BenchConfig("lifecycle", "demand", 64 * MiB, "4k"), **changes)
     with pytest.raises(InputError, match=message):
-        config.check()
+        validate(config)
 
 
 def test_names_say_backing_and_host_state() -> None:
@@ -168,8 +170,8 @@ def test_cli_simulate_on_real_memory(capsys: pytest.CaptureFixture[str]) -> None
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--backing", "real", "--memlock-limit", "1MiB"], "run on the sim only"),
-    (["--vcpus", "2"], "apply to --backing real and --backend kvm"),
+    (["--backing", "real", "--memlock-limit", "1MiB"], "runs on the sim only"),
+    (["--backend", "kvm", "--backing", "real"], "cannot also be --backing real"),
     (["--backing", "real", "--level", "1g", "--guest-size", "1GiB"], "needs level 4k or 2m"),
 ])
 def test_cli_simulate_real_refusals(argv: list[str], message: str,

@@ -11,9 +11,11 @@ import pytest
 from matplotlib.figure import Figure
 
 from pinning.analysis import plots
-from pinning.analysis.report import format_seconds, main, summary_frame, summary_table, write_report
+from pinning.analysis.formatting import seconds as format_seconds
+from pinning.analysis.report import main, write_report
 from pinning.analysis.results import load_results
-from pinning.model.units import InputError
+from pinning.analysis.summary import summary_frame, summary_table
+from pinning.model.names import InputError
 
 SAMPLE = Path(__file__).parent / "data" / "quick-sample.json"
 

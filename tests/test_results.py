@@ -18,7 +18,7 @@ from pinning.analysis.results import (
     read_suite,
     timeline,
 )
-from pinning.model.units import InputError
+from pinning.model.names import InputError
 
 SAMPLE = Path(__file__).parent / "data" / "quick-sample.json"
 

@@ -18,7 +18,7 @@ from pinning.analysis.stats import (
     published_k,
     scaling_fit,
 )
-from pinning.model.units import InputError
+from pinning.model.names import InputError
 
 SAMPLE = Path(__file__).parent / "data" / "quick-sample.json"
 SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -136,7 +136,8 @@ def test_break_even_finds_known_crossing() -> None:
         be = break_even(df, metric=metric)
         assert len(be) == 4
         assert be["crossing"].iloc[0] == pytest.approx(2 / 3)
-        assert be["upfront_s"].tolist() == pytest.approx([2.25, 2.5, 2.75, 3.0])
+        assert (be["first"] == "upfront").all() and (be["second"] == "demand").all()
+        assert be["first_s"].tolist() == pytest.approx([2.25, 2.5, 2.75, 3.0])
         assert "crosses at 0.667" in be["note"].iloc[0]
 
 
@@ -147,9 +148,9 @@ def test_break_even_without_crossing_says_so() -> None:
 
 
 def test_break_even_needs_both_strategies_and_two_touches() -> None:
-    with pytest.raises(InputError, match="both strategies"):
+    with pytest.raises(InputError, match="two strategies"):
         break_even(lifecycle({"upfront": (1.0, 1.0)}))
-    with pytest.raises(InputError, match="both strategies"):
+    with pytest.raises(InputError, match="two strategies"):
         break_even(lifecycle({"upfront": (1.0, 1.0), "demand": (0.0, 2.0)}, touches=(0.5,)))
     with pytest.raises(InputError, match="no lifecycle benchmarks"):
         break_even(lifecycle({"upfront": (1.0, 1.0)}).assign(family="startup"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pinning.harness.suite import BenchConfig, builtin_suites, load_suite, parse_suite
-from pinning.model.units import InputError
+from pinning.model.names import InputError
 
 GiB = 1 << 30
 

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from pinning.model import state as sim
+from pinning.model import strategies
 from pinning.model.costs import COST_KEYS, CostProfile
 from pinning.model.kernels import engine as K
-from pinning.model.units import InputError, unit_pages
+from pinning.model.names import InputError
+from pinning.model.units import unit_pages
 from pinning.model.vcpu import TIMELINE_SAMPLES, VcpuResult, run_workload
 from pinning.model.workloads import Phase, Remap, Workload
 
@@ -35,12 +37,22 @@ def profile(**overrides: float) -> CostProfile:
     return CostProfile("test", "test costs", None, "test", costs)
 
 
-def started(strategy: str, guest_pages: int, level: str = "4k", remapped: int = 0) -> tuple:
-    state = sim.new_state(strategy, guest_pages, level, remapped)
-    status, _, _ = K.run(state, sim.STRATEGIES[strategy], unit_pages(level), K.NO_LIMIT,
-                         np.array([K.OP_STARTUP], np.int8), np.zeros(1, np.int64),
-                         np.zeros(1, np.int64), np.zeros(0, np.uint32))
-    assert status == K.OK
+def rules(strategy: str) -> np.ndarray:
+    return np.array(strategies.get(strategy).rules(), dtype=np.int64)
+
+
+def engine_op(state: sim.State, strategy: str, level: str, op: int, npages: int = 0) -> int:
+    """One operation of the bulk engine (not the vCPU model); its status."""
+    status, _, _ = K.run(state, rules(strategy), unit_pages(level), K.NO_LIMIT,
+                         np.array([op], np.int8), np.zeros(1, np.int64),
+                         np.array([npages], np.int64), np.zeros(0, np.uint32))
+    return status
+
+
+def started(strategy: str, guest_pages: int, level: str = "4k",
+            remapped: int = 0) -> sim.State:
+    state = sim.new_state(strategies.get(strategy), guest_pages, level, remapped)
+    assert engine_op(state, strategy, level, K.OP_STARTUP) == K.OK
     return state
 
 
@@ -53,7 +65,7 @@ def phase(units, nvcpus: int = 1) -> Phase:
 
 def run(strategy: str, guest_pages: int, steps, nvcpus: int = 1, level: str = "4k",
         prof: CostProfile | None = None, memlock_pages: int = K.NO_LIMIT,
-        remapped: int = 0) -> tuple[VcpuResult, tuple]:
+        remapped: int = 0) -> tuple[VcpuResult, sim.State]:
     state = started(strategy, guest_pages, level, remapped)
     res = run_workload(state, strategy, level, memlock_pages, Workload(tuple(steps), nvcpus),
                        prof or profile())
@@ -68,12 +80,14 @@ def test_one_vcpu_counts_like_the_sequential_pattern(strategy, level):
     res, state = run(strategy, guest_pages, [phase(np.arange(n_units))], level=level)
     assert res.status == K.OK and res.error is None
     assert res.faults == res.accesses == n_units == res.counters["npf_exits"]
-    K.run(state, sim.STRATEGIES[strategy], unit_pages(level), K.NO_LIMIT,
-          np.array([K.OP_TEARDOWN], np.int8), np.zeros(1, np.int64), np.zeros(1, np.int64),
-          np.zeros(0, np.uint32))
+    engine_op(state, strategy, level, K.OP_TEARDOWN)
     K.finish(state)
-    got = dict(zip(K.COUNTER_NAMES, state[0].tolist(), strict=True))
-    assert got == sim.simulate(strategy, guest_pages, level, pattern="sequential").counters
+    # the bulk engine, touching every unit in one operation, counts the same
+    bulk = started(strategy, guest_pages, level)
+    assert engine_op(bulk, strategy, level, K.OP_ACCESS_RANGE, n_units) == K.OK
+    engine_op(bulk, strategy, level, K.OP_TEARDOWN)
+    K.finish(bulk)
+    assert sim.counters_dict(state) == sim.counters_dict(bulk)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -154,9 +168,9 @@ def test_memlock_failure_stops_mid_phase(level, limit, faults, pins):
     assert res.status == K.ERR_MEMLOCK
     assert "memory lock limit exceeded" in res.error and "step 1" in res.error
     assert res.faults == res.accesses == faults
-    assert res.counters["pins"] == pins == state[1][K.PINNED]
+    assert res.counters["pins"] == pins == state.scal[sim.PINNED]
     assert res.counters["clflush_bytes"] == (faults - 1) * unit_pages(level) * 4096
-    assert state[6].sum() == faults - 1  # the failing fault installed no mapping
+    assert state.nested.sum() == faults - 1  # the failing fault installed no mapping
 
 
 @pytest.mark.parametrize(("strategy", "nvcpus"), [("demand", 1), ("upfront", 8)])
@@ -200,7 +214,7 @@ def test_timeline_is_short_monotone_and_ends_at_the_pinned_count(strategy):
     tl = res.timeline
     assert tl.shape[1] == 2 and 2 < tl.shape[0] <= TIMELINE_SAMPLES + 2
     assert np.all(np.diff(tl[:, 0]) >= 0)
-    assert tl[-1, 1] == state[1][K.PINNED] == n
+    assert tl[-1, 1] == state.scal[sim.PINNED] == n
     assert tl[0, 0] == 0.0
     assert tl[0, 1] == (0 if strategy == "demand" else n)
     if strategy == "demand":
@@ -246,7 +260,7 @@ def test_bad_input_is_refused(change, match):
     nvcpus = change.get("nvcpus", 1)
     if "nvcpus" in change:
         steps = [Phase(units, np.zeros(max(nvcpus, 0) + 1, np.int64))]
-    state = (sim.new_state("demand", 64, "4k") if change.get("no_startup")
+    state = (sim.new_state(strategies.get("demand"), 64, "4k") if change.get("no_startup")
              else started("demand", 64, remapped=0 if change.get("capacity") else 64))
     with pytest.raises(InputError, match=match):
         run_workload(state, change.get("strategy", "demand"), change.get("level", "4k"),

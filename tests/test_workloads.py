@@ -12,19 +12,16 @@ from hypothesis import strategies as st
 
 from pinning.model import workloads as W
 from pinning.model.kernels import engine as K
-from pinning.model.units import InputError
+from pinning.model.names import LAYOUTS, InputError
+from pinning.model.names import PATTERNS as ACCESS_PATTERNS
+from pinning.model.traces import Trace, read_trace, workload_from_trace
 from pinning.model.workloads import (
-    ACCESS_PATTERNS,
-    LAYOUTS,
     Phase,
     Remap,
-    Trace,
     access_units,
     make_workload,
     random_units,
-    read_trace,
     workload_bytes,
-    workload_from_trace,
 )
 
 DISTINCT = ("sequential", "random", "strided")  # patterns that touch each unit at most once
@@ -48,7 +45,6 @@ def fast_paths(monkeypatch):
 def test_constants():
     assert ACCESS_PATTERNS == ("sequential", "random", "hotset", "zipf", "strided")
     assert LAYOUTS == ("slices", "shared")
-    assert W.PATTERNS == ("sequential", "random")
 
 
 @pytest.mark.parametrize(("n", "frac", "seed"), [(1, 1.0, 0), (1000, 0.37, 5), (4099, 1.0, 2)])

@@ -55,7 +55,7 @@ import pyperf
 from scipy import stats as sps
 
 from pinning.analysis.results import PHASES, read_suite
-from pinning.model.units import InputError
+from pinning.model.names import InputError
 
 __all__ = ["VERDICTS", "Comparison", "compare_files", "main", "parse_threshold"]
 

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from pinning.analysis.stats import PUBLISHED_BOOT, PUBLISHED_FIXED_S
-from pinning.model.costs import CostProfile, modelled_ns
+from pinning.analysis.stats import PUBLISHED_BOOT, PUBLISHED_FIXED_S, PUBLISHED_STRATEGIES
+from pinning.model.cache import model_run
+from pinning.model.config import BenchConfig
+from pinning.model.costs import CostProfile, load_profile, modelled_ns
 from pinning.model.units import PAGE_SIZE
 
 GiB = 1 << 30
@@ -25,13 +27,9 @@ _BASE_GIB = 1
 
 
 def startup_events(strategy: str, level: str = "4k") -> dict[str, int]:
-    """The model's startup events for a 1 GiB guest (runs the model's startup)."""
-    from pinning.harness.suite import BenchConfig
-    from pinning.model.costs import load_profile
-    from pinning.model.lifecycle import run_lifecycle
-
+    """The model's startup events for a 1 GiB guest (the model's run, cached)."""
     config = BenchConfig("startup", strategy, _BASE_GIB * GiB, level)
-    return run_lifecycle(config, load_profile()).events["startup"]
+    return model_run(config, load_profile())["events"]["startup"]
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -52,7 +50,7 @@ def published_vs_model(profiles: Sequence[CostProfile]) -> tuple[pd.DataFrame, p
     """
     points, slopes = [], []
     gb = PUBLISHED_BOOT["guest_gb"].to_numpy(float)
-    for strategy in ("upfront", "demand"):
+    for strategy in PUBLISHED_STRATEGIES:
         events = startup_events(strategy)
         published = PUBLISHED_BOOT[f"{strategy}_s"].to_numpy(float)
         pub_slope, _ = _slope(gb, published)
@@ -81,17 +79,14 @@ _KVM_PHASES = (("startup", "startup", "startup"), ("fault_storm", "access", "tou
 
 def _model_ns(row: pd.Series, phase: str, profile: CostProfile, cache: dict) -> float:
     """The model's time of ``phase`` for the configuration of a kvm result row, under
-    ``profile`` (runs the sim; cached per configuration and profile)."""
-    from pinning.harness.suite import BenchConfig
-    from pinning.model.lifecycle import run_lifecycle
-
+    ``profile`` (the model's run, cached per configuration and profile)."""
     key = (row["strategy"], int(row["guest_size"]), row["level"], int(row["vcpus"]),
            row.get("pattern") or "sequential", float(row.get("touch_fraction") or 1.0),
            profile.name, profile.source)
     if key not in cache:
         config = BenchConfig("fault_storm", key[0], key[1], key[2], vcpus=key[3],
                              pattern=key[4], touch_fraction=key[5])
-        cache[key] = run_lifecycle(config, profile).model_ns
+        cache[key] = model_run(config, profile)["model_ns"]
     return float(cache[key].get(phase, np.nan))
 
 

@@ -27,14 +27,15 @@ from pinning.analysis.results import latency_quantiles, timeline
 from pinning.analysis.stats import (
     PUBLISHED_BOOT,
     PUBLISHED_FIXED_S,
+    PUBLISHED_STRATEGIES,
     break_even,
     published_k,
     scaling_fit,
 )
-from pinning.model.units import InputError
+from pinning.analysis.summary import strategies_in
+from pinning.model import strategies
+from pinning.model.names import InputError
 
-#: One colour per strategy, everywhere.
-COLORS = {"upfront": "#d95f02", "demand": "#1b9e77"}
 LEVEL_LINES = {"4k": "-", "2m": "--", "1g": ":"}
 VCPU_LINES = ("-", "--", "-.", ":")
 PHASE_HATCH = {"startup": "", "access": "//", "teardown": ".."}
@@ -75,7 +76,8 @@ def _figure(ncols: int = 1, width: float = 5.2, height: float = 3.6) -> tuple[Fi
 
 
 def _color(strategy: str) -> str:
-    return COLORS.get(strategy, "#555555")
+    """One colour per strategy, everywhere: the registry's."""
+    return strategies.colour(str(strategy))
 
 
 def _rows(df: pd.DataFrame, family: str | None, columns: list[str], what: str) -> pd.DataFrame:
@@ -144,7 +146,7 @@ def plot_startup_scaling(df: pd.DataFrame, values_df: pd.DataFrame | None = None
             ax.plot(x, fit["a"] * x ** fit["k"], ls=ls, color=color,
                     label=f"{label}: {_fmt_k(fit)}")
     pk = published_k(subtract_fixed=True).set_index("strategy")
-    for strategy in ("upfront", "demand"):
+    for strategy in PUBLISHED_STRATEGIES:
         y = PUBLISHED_BOOT[f"{strategy}_s"] - PUBLISHED_FIXED_S
         keep = y > 0
         fit = pk.loc[strategy]
@@ -298,7 +300,7 @@ def plot_metadata_bytes(df: pd.DataFrame) -> Figure:
     if fam.empty:
         raise InputError("metadata bytes: no benchmark has events.startup.metadata_bytes > 0")
     fig, (ax,) = _figure()
-    markers = {"upfront": "o", "demand": "s"}
+    markers = dict(zip(strategies.names(), "os^Dvx", strict=False))
     for strategy, sub in fam.groupby("strategy", sort=True):
         s = sub.groupby("guest_gib")[col].max().sort_index()
         per_page = float((s / (s.index.to_numpy() * 2**30 / 4096)).median())
@@ -344,10 +346,11 @@ def plot_lifecycle_bars(df: pd.DataFrame) -> Figure:
     order = (fam.sort_values(["guest_gib", *varying])["_cat"].drop_duplicates().tolist())
     fig, (ax_m, ax_p) = _figure(2, width=min(8.0, max(4.5, 0.9 * len(order) + 1.5)))
     xs = np.arange(len(order))
-    width = 0.38
-    for i, strategy in enumerate(("upfront", "demand")):
+    names = strategies_in(fam["strategy"])
+    width = 0.76 / len(names)
+    for i, strategy in enumerate(names):
         sub = fam[fam["strategy"] == strategy].groupby("_cat")
-        off = xs + (i - 0.5) * width
+        off = xs + (i - (len(names) - 1) / 2) * width
         med = sub["median_s"].median().reindex(order)
         iqr = sub["iqr_s"].median().reindex(order).fillna(0.0)
         ax_m.bar(off, med.to_numpy(), width, yerr=iqr.to_numpy() / 2, capsize=2,
@@ -362,7 +365,7 @@ def plot_lifecycle_bars(df: pd.DataFrame) -> Figure:
     for ax in (ax_m, ax_p):
         ax.set_xticks(xs, order)
         ax.grid(axis="x", visible=False)
-    handles = [Patch(color=_color(s), label=s) for s in ("upfront", "demand")]
+    handles = [Patch(color=_color(s), label=s) for s in names]
     handles += [Patch(facecolor="white", hatch=PHASE_HATCH[p], edgecolor="dimgrey",
                       label=PHASE_LABEL[p]) for p in phases]
     ax_m.legend()
@@ -376,27 +379,34 @@ def plot_lifecycle_bars(df: pd.DataFrame) -> Figure:
 
 @_styled
 def plot_break_even(df: pd.DataFrame) -> Figure:
-    """Lifecycle cost vs touch fraction, both strategies, crossing marked: modelled | measured."""
+    """Lifecycle cost vs touch fraction per strategy, each pair's crossing marked:
+    modelled | measured."""
     fig, axes = _figure(2)
     for ax, metric in zip(axes, ("modelled", "measured"), strict=True):
         be = break_even(df, metric=metric)
         keys = ["guest_gib", "level", "vcpus", "pattern"]
+        notes = 0
         for n, (group, sub) in enumerate(be.groupby(keys, sort=True)):
             gib, level, vcpus, pattern = group
             tag = f"{gib:g}GiB {level} {vcpus}vCPU {pattern}"
             ls = VCPU_LINES[n % len(VCPU_LINES)]
-            for strategy in ("upfront", "demand"):
-                ax.plot(sub["touch_fraction"], sub[f"{strategy}_s"], marker="o", ls=ls,
-                        color=_color(strategy), label=f"{strategy} {tag}")
-            cross = sub["crossing"].iloc[0]
-            if not math.isnan(cross):
-                ax.axvline(cross, color="black", lw=0.8, ls=ls)
-                ax.annotate(f"break-even ≈ {cross:.2f}", (cross, 0.95), xycoords=("data",
-                            "axes fraction"), ha="right", fontsize=8, xytext=(-3, 0),
-                            textcoords="offset points")
-            else:
-                ax.text(0.02, 0.95 - 0.06 * n, sub["note"].iloc[0], transform=ax.transAxes,
-                        fontsize=7.5, va="top")
+            drawn = set()
+            for (first, second), pair in sub.groupby(["first", "second"], sort=False):
+                for strategy, col in ((first, "first_s"), (second, "second_s")):
+                    if strategy not in drawn:
+                        drawn.add(strategy)
+                        ax.plot(pair["touch_fraction"], pair[col], marker="o", ls=ls,
+                                color=_color(strategy), label=f"{strategy} {tag}")
+                cross = pair["crossing"].iloc[0]
+                if not math.isnan(cross):
+                    ax.axvline(cross, color="black", lw=0.8, ls=ls)
+                    ax.annotate(f"{first}/{second} break-even ≈ {cross:.2f}", (cross, 0.95),
+                                xycoords=("data", "axes fraction"), ha="right", fontsize=8,
+                                xytext=(-3, 0), textcoords="offset points")
+                else:
+                    ax.text(0.02, 0.95 - 0.06 * notes, pair["note"].iloc[0],
+                            transform=ax.transAxes, fontsize=7.5, va="top")
+                    notes += 1
         ax.set_xlabel("fraction of guest memory touched")
         ax.set_ylabel(f"{metric} lifecycle time (s)")
         ax.set_xlim(0, 1.02)

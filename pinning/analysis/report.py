@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pinning.analysis import plots
+from pinning.analysis.formatting import seconds
 from pinning.analysis.results import load_results
 from pinning.analysis.stats import (
     PUBLISHED_BOOT,
@@ -32,13 +33,9 @@ from pinning.analysis.stats import (
     published_k,
     scaling_fit,
 )
-from pinning.analysis.summary import (  # noqa: F401  (re-exported: the report's public API)
-    FAMILY_ORDER,
-    format_seconds,
-    summary_frame,
-    summary_table,
-)
-from pinning.model.units import InputError
+from pinning.analysis.summary import summary_columns, summary_frame
+from pinning.model import strategies
+from pinning.model.names import InputError
 
 LABELS = ("**measured** = median wall time of the model's bookkeeping (pyperf values, sim "
           "backing); **modelled** = event counts x cost profile, access phases by the vCPU "
@@ -204,8 +201,8 @@ def _remap_table(df: pd.DataFrame) -> pd.DataFrame:
             "events_remap_stale_pins_peak": "stale pins (peak)",
             "events_remap_unpinned_mapped_hazards": "unpinned mapped (hazards)"}
     out = fam[["name", *cols]].rename(columns=cols)
-    out["modelled remap"] = (fam["model_remap_ns"] / 1e9).map(format_seconds)
-    out["measured remap"] = fam["median_s"].map(format_seconds)
+    out["modelled remap"] = (fam["model_remap_ns"] / 1e9).map(seconds)
+    out["measured remap"] = fam["median_s"].map(seconds)
     return out.reset_index(drop=True)
 
 
@@ -213,10 +210,12 @@ def _break_even_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for metric in ("modelled", "measured"):
         be = break_even(df, metric=metric)
-        for _, sub in be.groupby(["guest_gib", "level", "vcpus", "pattern"], sort=True):
+        keys = ["guest_gib", "level", "vcpus", "pattern", "first", "second"]
+        for _, sub in be.groupby(keys, sort=True):
             r = sub.iloc[0]
             rows.append({"metric": metric, "guest": f"{r['guest_gib']:g} GiB",
                          "level": r["level"], "vcpus": r["vcpus"], "pattern": r["pattern"],
+                         "strategies": f"{r['first']} / {r['second']}",
                          "touch fractions": ", ".join(f"{t:g}" for t in sub["touch_fraction"]),
                          "break-even": r["crossing"], "note": r["note"]})
     return pd.DataFrame(rows)
@@ -225,9 +224,9 @@ def _break_even_table(df: pd.DataFrame) -> pd.DataFrame:
 def _latency(df: pd.DataFrame) -> pd.DataFrame:
     t = latency_table(df)
     return pd.DataFrame({
-        "benchmark": t["name"], "p50 (modelled)": t["p50_ns"].map(lambda x: format_seconds(
-            x / 1e9)), "p99 (modelled)": t["p99_ns"].map(lambda x: format_seconds(x / 1e9)),
-        "demand extra p50": t["p50_extra_ns"].map(lambda x: format_seconds(x / 1e9)),
+        "benchmark": t["name"], "p50 (modelled)": (t["p50_ns"] / 1e9).map(seconds),
+        "p99 (modelled)": (t["p99_ns"] / 1e9).map(seconds),
+        f"extra p50 over {strategies.baseline()}": (t["p50_extra_ns"] / 1e9).map(seconds),
         "faults/s (modelled)": t["faults_per_s"].map(lambda x: f"{x:,.0f}"),
         "lock wait share": t["lock_wait_share"].round(4)})
 
@@ -235,9 +234,8 @@ def _latency(df: pd.DataFrame) -> pd.DataFrame:
 def _summary_md(df: pd.DataFrame) -> pd.DataFrame:
     sf = summary_frame(df)
     out = pd.DataFrame({"family": sf["family"], "benchmark": sf["benchmark"]})
-    for w in ("measured", "modelled"):
-        for s in ("upfront", "demand"):
-            out[f"{s} {w}"] = sf[f"{s}_{w}_s"].map(format_seconds)
+    for col, heading in summary_columns(sf):
+        out[heading] = sf[col].map(seconds)
     return out
 
 
@@ -298,7 +296,7 @@ def write_report(paths: Sequence[Path], outdir: Path,
 
     b.h2("Summary")
     b.p("Median measured time and modelled time of each benchmark's measured phases, "
-        "upfront beside demand (benchmark names with the strategy as `*`).")
+        "the strategies side by side (benchmark names with the strategy as `*`).")
     b.table(lambda: _summary_md(df), "summary")
 
     b.h2("Startup time vs guest size")
@@ -330,7 +328,7 @@ def write_report(paths: Sequence[Path], outdir: Path,
 
     b.h2("Lifecycle and break-even")
     b.p("Measured lifecycle totals beside the modelled split into startup, faults and "
-        "teardown; break-even = the touch fraction at which both strategies cost the same "
+        "teardown; break-even = the touch fraction at which two strategies cost the same "
         "(linear interpolation between the bracketing touch fractions).")
     for stem in ("lifecycle_bars", "break_even"):
         title, fn = plots.PLOTS[stem]
@@ -397,5 +395,4 @@ def main(paths: Sequence[str | Path], outdir: str | Path,
     return 0
 
 
-__all__ = ["format_seconds", "main", "markdown_table", "summary_frame",
-           "summary_table", "write_report"]
+__all__ = ["main", "markdown_table", "write_report"]

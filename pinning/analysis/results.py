@@ -22,31 +22,16 @@ import numpy as np
 import pandas as pd
 import pyperf
 
-from pinning.harness.suite import SCHEMA_VERSION
-from pinning.model.units import InputError
+from pinning.model.config import option, option_fields
+from pinning.model.names import COUNTERS, PHASES, SCHEMA_VERSION, VCPU_PHASES, InputError
 
-#: Phases a lifecycle may run, in order.
-PHASES = ("startup", "access", "remap", "teardown")
-#: The event counters of every phase (pinning.model.kernels.engine.COUNTER_NAMES, copied here so
-#: that loading results does not import numba).
-COUNTERS = (
-    "npf_exits", "frames_zeroed", "pins", "unpins", "clflush_bytes", "page_flushes",
-    "wbinvd", "stale_pins_peak", "unpinned_mapped_hazards", "pinned_pages_peak",
-    "pinned_pages_end", "metadata_bytes", "leaked_refs",
-)
 #: Scalar outputs of the vCPU model per phase (``vcpu.<phase>.<field>``).
 VCPU_FIELDS = ("faults", "accesses", "makespan_ns", "faults_per_s", "lock_wait_ns",
                "lock_hold_ns", "latency_p50_ns", "latency_p99_ns")
 VCPU_STRINGS = ("latency_quantiles_ns", "timeline")
-#: Benchmark parameters (``param.<name>``) and their types.
-PARAMS: dict[str, type] = {
-    "strategy": str, "guest_size": int, "level": str, "vcpus": int, "pattern": str,
-    "layout": str, "touch_fraction": float, "seed": int, "backing": str,
-    "remap_fraction": float, "host": str,
-}
+#: Benchmark parameters (``param.<name>``): BenchConfig's fields and their types.
+PARAMS: dict[str, type] = {f.name: option(f).type for f in option_fields()}
 MACHINE = ("cpu_model_name", "hostname", "platform", "cpu_count", "date")
-#: Phases that run the vCPU model (their vcpu_* columns always exist).
-VCPU_PHASES = ("access", "remap")
 STATS = ("median_s", "iqr_s", "mean_s", "std_s", "n")
 
 

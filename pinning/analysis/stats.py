@@ -8,14 +8,16 @@ use ``numpy.random.default_rng(seed)``.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from pinning.analysis.summary import pair_key
-from pinning.model.units import InputError
+from pinning.analysis.summary import pair_key, strategies_in
+from pinning.model import strategies
+from pinning.model.names import InputError
 
 METRICS = ("measured", "modelled")
 #: Parameters that, with the strategy, identify a series along guest size.
@@ -24,6 +26,7 @@ SERIES_KEYS = ("strategy", "level", "vcpus", "pattern", "layout", "touch_fractio
 
 #: DESIGN §2: the RFC series' own boot times (second posting, 8 Mar 2022, kernel
 #: 5.17-rc6; CPU and backing not stated). Total guest boot, so ≈5.6 s are fixed.
+#: One ``<strategy>_s`` column per strategy the series measured.
 PUBLISHED_BOOT = pd.DataFrame({
     "guest_gb": [4, 16, 64, 128, 192],
     "upfront_s": [6.16, 7.38, 12.17, 18.20, 24.56],
@@ -33,6 +36,9 @@ PUBLISHED_SOURCE = ("RFC 'KVM: SVM: Implement demand page pinning', second posti
                     "(8 Mar 2022, kernel 5.17-rc6): total guest boot time")
 #: The fixed part of a published boot: the 4 GB demand-pinned boot (≈ no pinning work).
 PUBLISHED_FIXED_S = 5.71
+#: The strategies the published table has a column of.
+PUBLISHED_STRATEGIES = tuple(c.removesuffix("_s") for c in PUBLISHED_BOOT.columns
+                             if c.endswith("_s"))
 
 
 def _check_metric(metric: str) -> None:
@@ -158,7 +164,7 @@ def published_k(*, subtract_fixed: bool = True) -> pd.DataFrame:
     non-positive points dropped), otherwise the total boot times.
     """
     rows = []
-    for strategy in ("upfront", "demand"):
+    for strategy in PUBLISHED_STRATEGIES:
         x = PUBLISHED_BOOT["guest_gb"].to_numpy(float)
         y = PUBLISHED_BOOT[f"{strategy}_s"].to_numpy(float)
         if subtract_fixed:
@@ -175,14 +181,15 @@ def published_k(*, subtract_fixed: bool = True) -> pd.DataFrame:
 
 def break_even(df: pd.DataFrame, *, metric: str = "modelled", guest_size: int | None = None,
                level: str | None = None, vcpus: int | None = None) -> pd.DataFrame:
-    """Lifecycle cost vs touch fraction per strategy, and where the strategies cross.
+    """Lifecycle cost vs touch fraction, and where each pair of strategies crosses.
 
     Cost in seconds: ``model_total_ns`` (modelled) or ``median_s`` (measured). One row
-    per touch fraction of each (guest size, level, vCPUs, pattern, layout) series that
-    has 2+ touch fractions under both strategies; columns ``upfront_s``, ``demand_s``,
-    ``crossing`` (touch fraction where upfront - demand changes sign, by linear
-    interpolation between the bracketing points; NaN if it does not in the measured
-    range) and ``note`` — both repeated on each row of a series.
+    per touch fraction of each (guest size, level, vCPUs, pattern, layout) series and
+    each pair of strategies (``first``, ``second``, in registry order) that both have
+    2+ touch fractions there; columns ``first_s``, ``second_s``, ``crossing`` (touch
+    fraction where first - second changes sign, by linear interpolation between the
+    bracketing points; NaN if it does not in the measured range) and ``note`` — both
+    repeated on each row of a series and pair.
     """
     _check_metric(metric)
     fam = _family(df, "lifecycle")
@@ -194,32 +201,34 @@ def break_even(df: pd.DataFrame, *, metric: str = "modelled", guest_size: int | 
     keys = ["guest_size", "guest_gib", "level", "vcpus", "pattern", "layout"]
     out = []
     for group, sub in fam.groupby(keys, sort=True):
-        wide = (sub.groupby(["touch_fraction", "strategy"])[ycol].median().unstack("strategy"))
-        if not {"upfront", "demand"} <= set(wide.columns):
-            continue
-        wide = wide[["upfront", "demand"]].dropna().sort_index() * scale
-        if len(wide) < 2:
-            continue
-        t = wide.index.to_numpy(float)
-        diff = (wide["upfront"] - wide["demand"]).to_numpy()
-        crossing, note = _crossing(t, diff)
-        frame = pd.DataFrame({"touch_fraction": t, "upfront_s": wide["upfront"].to_numpy(),
-                              "demand_s": wide["demand"].to_numpy()})
-        for k, v in zip(keys, group, strict=True):
-            frame[k] = v
-        frame["metric"] = metric
-        frame["crossing"] = crossing
-        frame["note"] = note
-        out.append(frame)
+        wide = sub.groupby(["touch_fraction", "strategy"])[ycol].median().unstack("strategy")
+        names = strategies_in(wide.columns)
+        for first, second in itertools.combinations(names, 2):
+            pair = wide[[first, second]].dropna().sort_index() * scale
+            if len(pair) < 2:
+                continue
+            t = pair.index.to_numpy(float)
+            diff = (pair[first] - pair[second]).to_numpy()
+            crossing, note = _crossing(t, diff, first, second)
+            frame = pd.DataFrame({"first": first, "second": second, "touch_fraction": t,
+                                  "first_s": pair[first].to_numpy(),
+                                  "second_s": pair[second].to_numpy()})
+            for k, v in zip(keys, group, strict=True):
+                frame[k] = v
+            frame["metric"] = metric
+            frame["crossing"] = crossing
+            frame["note"] = note
+            out.append(frame)
     if not out:
-        raise InputError("break-even needs lifecycle benchmarks of both strategies at 2+ "
+        raise InputError("break-even needs lifecycle benchmarks of two strategies at 2+ "
                          "touch fractions with the same guest size, level and vCPUs")
     res = pd.concat(out, ignore_index=True)
-    return res[[*keys, "touch_fraction", "upfront_s", "demand_s", "metric", "crossing", "note"]]
+    return res[[*keys, "first", "second", "touch_fraction", "first_s", "second_s", "metric",
+                "crossing", "note"]]
 
 
-def _crossing(t: np.ndarray, diff: np.ndarray) -> tuple[float, str]:
-    """First touch fraction where diff (upfront - demand) reaches 0, and a note."""
+def _crossing(t: np.ndarray, diff: np.ndarray, first: str, second: str) -> tuple[float, str]:
+    """First touch fraction where diff (first - second) reaches 0, and a note."""
     rng = f"{t[0]:g}-{t[-1]:g}"
     found = []
     for i in range(len(t)):
@@ -229,7 +238,7 @@ def _crossing(t: np.ndarray, diff: np.ndarray) -> tuple[float, str]:
             found.append(float(t[i] + (t[i + 1] - t[i]) * diff[i] / (diff[i] - diff[i + 1])))
     found = sorted(set(found))
     if not found:
-        cheaper = "demand" if diff[0] > 0 else "upfront"
+        cheaper = second if diff[0] > 0 else first
         return math.nan, f"no crossing in {rng}: {cheaper} is cheaper over the whole range"
     note = f"crosses at {found[0]:.3g}"
     if len(found) > 1:
@@ -241,9 +250,10 @@ def latency_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per fault-storm benchmark: modelled per-fault p50/p99, faults/s and lock wait share.
 
     ``lock_wait_share`` is the vCPU time spent waiting for the per-VM lock
-    (lock_wait_ns / (vCPUs x makespan)). ``p50_extra_ns`` is a demand benchmark's p50
-    minus that of the same benchmark under upfront pinning (the fault cost demand
-    pinning adds); NaN for upfront rows and without a pair. All modelled (vCPU model, cost profile).
+    (lock_wait_ns / (vCPUs x makespan)). ``p50_extra_ns`` is a benchmark's p50 minus
+    that of the same benchmark under the baseline strategy (:func:`strategies.baseline`,
+    whose faults pin nothing): the fault cost a strategy adds; NaN for baseline rows
+    and without a pair. All modelled (vCPU model, cost profile).
     """
     fam = _family(df, "fault_storm")
     need = ["vcpu_access_latency_p50_ns", "vcpu_access_faults_per_s"]
@@ -261,9 +271,9 @@ def latency_table(df: pd.DataFrame) -> pd.DataFrame:
         / (fam["vcpus"] * fam["vcpu_access_makespan_ns"]),
     })
     key = out["name"].map(pair_key)
-    upfront_p50 = dict(zip(key[out["strategy"] == "upfront"],
-                           out.loc[out["strategy"] == "upfront", "p50_ns"], strict=True))
-    extra = out["p50_ns"] - key.map(upfront_p50).astype(float)
-    out["p50_extra_ns"] = extra.where(out["strategy"] != "upfront")
+    base = out["strategy"] == strategies.baseline()
+    base_p50 = dict(zip(key[base], out.loc[base, "p50_ns"], strict=True))
+    extra = out["p50_ns"] - key.map(base_p50).astype(float)
+    out["p50_extra_ns"] = extra.where(~base)
     out["source"] = "modelled"
     return out.reset_index(drop=True)

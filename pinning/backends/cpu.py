@@ -1,4 +1,6 @@
-"""Numba kernels for :mod:`pinning.harness.calibrate`: touch pages, dirty lines, flush pages.
+"""Numba kernels that run this machine's own memory operations: the streaming-write and
+random-update rates, the guest's real first touches (backing "real"), and for
+:mod:`pinning.harness.calibrate` touching present pages, dirtying lines, flushing pages.
 
 The cache-flush kernels call LLVM's x86 intrinsics (CLFLUSH, CLFLUSHOPT, MFENCE)
 through :func:`numba.extending.intrinsic`. Without the JIT
@@ -134,3 +136,30 @@ def flush_pages_clflushopt(a, start, stop):
         for i in range(page, page + WORDS_PER_PAGE, WORDS_PER_LINE):
             clflushopt(a, i)
         mfence()
+
+
+@kernel
+def stream_write(a, value):
+    """Write ``value`` to every element in order (the machine's streaming-write rate)."""
+    for i in range(a.shape[0]):
+        a[i] = value
+
+
+@kernel
+def random_update(a, index):
+    """``a[index[i]] += 1`` for each i (the machine's cache-miss-bound update rate)."""
+    for i in range(index.shape[0]):
+        a[index[i]] += 1
+
+
+@kernel
+def touch_units(words, units, unit_pages, start, stop):
+    """Write one word to each 4 KiB page of ``units[start:stop]`` (``words``: int64 view of
+    guest RAM, 512 per page); the pages written. A page's first write is a host fault."""
+    n = 0
+    for i in range(start, stop):
+        first = units[i] * unit_pages
+        for p in range(first, first + unit_pages):
+            words[p * 512] += 1
+            n += 1
+    return n

@@ -1,12 +1,16 @@
-"""Host memory helpers: keep this VM's host from distorting timed runs."""
+"""This host's memory: how much is available, and warming it before a measured value.
+
+No numba here: the harness checks memory before anything imports the kernels.
+"""
 
 from __future__ import annotations
 
-import mmap
+import os
 
 import numpy as np
 
-from pinning.model.jit import kernel
+from pinning.model.names import MEMORY_HEADROOM, InputError
+from pinning.model.units import format_size
 
 
 def warm_host(nbytes: int) -> None:
@@ -23,44 +27,28 @@ def warm_host(nbytes: int) -> None:
     del buf
 
 
-def anon_array(n: int, dtype, *, huge: bool = False) -> np.ndarray:
-    """An array of ``n`` elements on its own anonymous mapping, backed by 4 KiB pages
-    (or, with ``huge``, eligible for transparent huge pages); its contents are zero.
-
-    The backing is chosen explicitly because numpy's default (MADV_HUGEPAGE on large
-    arrays) gets huge pages or not depending on the host's free memory, and the sim's
-    random-access speed depended on it: the same benchmark came out ~1x or ~2-3x in
-    different processes. The mapping is released when the array is.
-    """
-    dt = np.dtype(dtype)
-    nbytes = max(1, n * dt.itemsize)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buf.madvise(mmap.MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(buf, dtype=dt, count=n)
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo in bytes (or physical memory where that is missing)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-@kernel
-def stream_write(a, value):
-    """Write ``value`` to every element in order (the machine's streaming-write rate)."""
-    for i in range(a.shape[0]):
-        a[i] = value
+def usable_memory() -> tuple[int, int]:
+    """(bytes a run may plan to use, MemAvailable): the headroom rule of names.MEMORY_HEADROOM."""
+    avail = available_memory()
+    return int(MEMORY_HEADROOM * avail), avail
 
 
-@kernel
-def random_update(a, index):
-    """``a[index[i]] += 1`` for each i (the machine's cache-miss-bound update rate)."""
-    for i in range(index.shape[0]):
-        a[index[i]] += 1
-
-
-@kernel
-def touch_units(words, units, unit_pages, start, stop):
-    """Write one word to each 4 KiB page of ``units[start:stop]`` (``words``: int64 view of
-    guest RAM, 512 per page); the pages written. A page's first write is a host fault."""
-    n = 0
-    for i in range(start, stop):
-        first = units[i] * unit_pages
-        for p in range(first, first + unit_pages):
-            words[p * 512] += 1
-            n += 1
-    return n
+def check_fits(needed: int, what: str) -> None:
+    """Refuse ``what`` if it needs more than MEMORY_HEADROOM of MemAvailable, in one line."""
+    usable, avail = usable_memory()
+    if needed > usable:
+        raise InputError(f"{what} does not fit: it needs {format_size(needed)}, and may use "
+                         f"{MEMORY_HEADROOM:.0%} of the {format_size(avail)} available "
+                         f"(MemAvailable), {format_size(usable)}")

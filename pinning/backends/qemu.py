@@ -1,4 +1,4 @@
-"""QEMU as a peer of pinning/kvm.py: how long QEMU takes to come up with all guest RAM.
+"""QEMU as a peer of pinning/backends/kvm.py: how long QEMU takes to come up with all guest RAM.
 
 ``start_to_qmp`` starts ``qemu-system-x86_64`` with KVM, paused before the guest runs
 (``-S``), and times it from process start to a ready QMP monitor (greeting read and
@@ -27,16 +27,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pinning.model.units import InputError, available_memory, format_size
+from pinning.backends.hostmem import check_fits
+from pinning.backends.kvm import KVM_DEVICE
+from pinning.model.names import HOST_STATES, InputError
+from pinning.model.units import format_size
 
 QEMU = "qemu-system-x86_64"
 INSTALL_HINT = "apt-get install qemu-system-x86"
-KVM_DEVICE = "/dev/kvm"
 #: guest sizes must be whole 2 MiB units (QEMU backs preallocated RAM with huge pages)
 SIZE_ALIGN = 2 << 20
-#: share of MemAvailable a guest may take: headroom for QEMU itself and the page cache
-MEMORY_HEADROOM = 0.85
-HOST_STATES = ("warm", "cold")
 _QUIT_WAIT_S = 30.0  # freeing a large preallocated guest takes a while
 
 
@@ -76,10 +75,6 @@ def qemu_version(binary: str | None = None) -> str:
     return first.removeprefix("QEMU emulator version").strip() or "unknown"
 
 
-def _available_memory() -> int:
-    return available_memory()
-
-
 def check_guest_size(guest_size: int) -> None:
     """Refuse a guest size QEMU cannot back here, with one clear line (InputError)."""
     if isinstance(guest_size, bool) or not isinstance(guest_size, int):
@@ -88,12 +83,7 @@ def check_guest_size(guest_size: int) -> None:
         raise InputError("guest size must be greater than zero")
     if guest_size % SIZE_ALIGN:
         raise InputError(f"guest size {format_size(guest_size)} is not a multiple of 2MiB")
-    avail = _available_memory()
-    if guest_size > MEMORY_HEADROOM * avail:
-        raise InputError(
-            f"guest size {format_size(guest_size)} does not fit: only "
-            f"{format_size(avail)} of memory is available (at most "
-            f"{MEMORY_HEADROOM:.0%} of it may be used)")
+    check_fits(guest_size, f"a QEMU guest of {format_size(guest_size)}")
 
 
 def qemu_command(binary: str, guest_size: int, prealloc: bool, qmp_path: str) -> list[str]:

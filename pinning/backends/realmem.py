@@ -10,32 +10,18 @@ model's bookkeeping runs beside it as in the sim.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap
-import os
 import threading
 
 import numpy as np
 
-from pinning.model.units import PAGE_SIZE, InputError, format_size
+from pinning.backends import libc
+from pinning.model.names import InputError
+from pinning.model.units import PAGE_SIZE, format_size
 
-#: Python 3.11's mmap module lacks this constant (Linux 5.14+).
-MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: Host page sizes a real backing can give each level (1 GiB needs hugetlbfs: not here).
 REAL_LEVELS = ("4k", "2m")
-_HUGE = 2 << 20
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-_libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-_libc.munlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+HUGE_SIZE = 2 << 20
 
 
 class GuestMemory:
@@ -49,7 +35,7 @@ class GuestMemory:
         if level not in REAL_LEVELS:
             raise InputError(f"level {level!r} cannot be backed by real memory here "
                              f"(one of {', '.join(REAL_LEVELS)}; 1 GiB pages need hugetlbfs)")
-        if guest_size <= 0 or guest_size % _HUGE:
+        if guest_size <= 0 or guest_size % HUGE_SIZE:
             raise InputError(f"guest size {format_size(guest_size)} is not a positive "
                              "multiple of 2 MiB")
         self.size = guest_size
@@ -57,11 +43,11 @@ class GuestMemory:
         self.locked = False
         # Over-map by 2 MiB so that guest RAM starts 2 MiB-aligned: a THP can only back
         # an aligned 2 MiB range, and 4k backing gets the same layout for comparability.
-        self._map = mmap.mmap(-1, guest_size + _HUGE,
+        self._map = mmap.mmap(-1, guest_size + HUGE_SIZE,
                               flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         whole = np.frombuffer(self._map, dtype=np.uint8)
         base = whole.ctypes.data
-        skip = (-base) % _HUGE
+        skip = (-base) % HUGE_SIZE
         self.words = whole[skip:skip + guest_size].view(np.int64)
         del whole
         self.addr = base + skip
@@ -69,14 +55,13 @@ class GuestMemory:
 
     def populate(self) -> None:
         """Fault every page in, writable (MADV_POPULATE_WRITE): frames allocated and zeroed."""
-        _check(_libc.madvise(self.addr, self.size, MADV_POPULATE_WRITE),
-               f"MADV_POPULATE_WRITE of {format_size(self.size)}")
+        libc.populate_write(self.addr, self.size,
+                            f"MADV_POPULATE_WRITE of {format_size(self.size)}")
 
     def lock(self) -> str | None:
         """mlock all of guest RAM; the error text (e.g. RLIMIT_MEMLOCK) instead of raising."""
-        if _libc.mlock(self.addr, self.size) != 0:
-            err = ctypes.get_errno()
-            return f"mlock of {format_size(self.size)} failed: {os.strerror(err)}"
+        if libc.mlock(self.addr, self.size) != 0:
+            return f"mlock of {format_size(self.size)} failed: {libc.errno_error('mlock').strerror}"
         self.locked = True
         return None
 
@@ -85,7 +70,7 @@ class GuestMemory:
         ``units[bounds[v]:bounds[v+1]]`` on its own thread (the kernel releases the GIL, so
         first-touch faults of several vCPUs run in parallel as they would in a guest).
         Returns the number of pages written."""
-        from pinning.backends.hostmem import touch_units  # numba: only where the model touches
+        from pinning.backends.cpu import touch_units  # numba: only where the guest touches
 
         nv = len(bounds) - 1
         if nv == 1:
@@ -108,7 +93,7 @@ class GuestMemory:
         if self._map.closed:
             return
         if self.locked:
-            _libc.munlock(self.addr, self.size)
+            libc.munlock(self.addr, self.size)
             self.locked = False
         self.words = np.zeros(0, dtype=np.int64)  # drop the export so the map can close
         self._map.close()
@@ -122,4 +107,4 @@ class GuestMemory:
 
 def page_bytes(level: str) -> int:
     """Bytes of one host page of a real backing at ``level``."""
-    return _HUGE if level == "2m" else PAGE_SIZE
+    return HUGE_SIZE if level == "2m" else PAGE_SIZE

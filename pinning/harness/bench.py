@@ -1,56 +1,89 @@
-"""The body of the pyperf scripts in bench/: options, forwarding to workers, metadata."""
+"""The body of the pyperf scripts in bench/: options, forwarding to workers, metadata.
+
+The manager process (the one ``pinbench run`` starts) only parses options and runs the
+preflight check -- no numba; pyperf's worker processes load the model and run it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+import time
+from typing import Any
 
 from pinning import __version__
-from pinning.harness.suite import SCHEMA_VERSION, BenchConfig
-from pinning.model.units import InputError, format_size, parse_size
+from pinning.harness.backings import Backing, preflight
+from pinning.harness.options import add_config_options, config_from_args
+from pinning.model.config import BenchConfig, flag, option_fields, to_text
+from pinning.model.names import MEASURED_PHASES, SCHEMA_VERSION, InputError
+from pinning.model.units import format_size
 
-# Options every bench script takes (besides pyperf's own); forwarded to workers.
-OPTIONS = ("strategy", "guest_size", "level", "vcpus", "pattern", "layout", "touch_fraction",
-           "seed", "backing", "remap_fraction", "host", "cost_profile", "suite")
+#: Options of a bench script besides the BenchConfig fields (forwarded to workers too).
+EXTRA_OPTIONS = ("cost_profile", "suite")
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The pinbench options of a bench script (pyperf's own stay as they are)."""
     g = parser.add_argument_group("pinbench")
-    g.add_argument("--strategy", default="demand")
-    g.add_argument("--guest-size", default="1GiB")
-    g.add_argument("--level", default="4k")
-    g.add_argument("--vcpus", type=int, default=1)
-    g.add_argument("--pattern", default="sequential")
-    g.add_argument("--layout", default="slices")
-    g.add_argument("--touch-fraction", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--backing", default="sim")
-    g.add_argument("--remap-fraction", type=float, default=0.1)
-    g.add_argument("--host", default="warm", help="warm or cold host memory (real backings)")
+    add_config_options(g, parse=False)
     g.add_argument("--cost-profile", default=None, help="cost profile TOML (default: builtin)")
     g.add_argument("--suite", default="adhoc", help="suite name recorded in the metadata")
 
 
 def forward_options(cmd: list[str], args: argparse.Namespace) -> None:
     """pyperf's add_cmdline_args hook: give each worker the manager's pinbench options."""
-    for name in OPTIONS:
+    for name in [f.name for f in option_fields()] + list(EXTRA_OPTIONS):
         value = getattr(args, name)
-        if value is not None:
-            cmd.extend([f"--{name.replace('_', '-')}", str(value)])
+        if value is not None or name not in EXTRA_OPTIONS:
+            cmd.extend([flag(name), to_text(value)])
 
 
-def config_from_args(family: str, args: argparse.Namespace) -> BenchConfig:
-    """A checked BenchConfig from a bench script's options."""
-    config = BenchConfig(
-        workload=family, strategy=args.strategy,
-        guest_size=parse_size(args.guest_size, "guest size"), level=args.level,
-        vcpus=args.vcpus, pattern=args.pattern, layout=args.layout,
-        touch_fraction=args.touch_fraction, seed=args.seed, backing=args.backing,
-        remap_fraction=args.remap_fraction, host=args.host)
-    config.check()
-    return config
+def run_metadata(config: BenchConfig, backing: Backing, res: Any) -> dict[str, int | float | str]:
+    """pyperf metadata of one lifecycle: what was measured, the model's events and modelled
+    time per phase, the vCPU model's output, and a real backing's own measurements."""
+    import numpy as np
+
+    md: dict[str, int | float | str] = {
+        "measured.phases": ",".join(MEASURED_PHASES[config.workload]),
+        "measured.what": backing.measures,
+    }
+    if config.backing != "sim":
+        md["host.state"] = config.host
+    for key, value in res.backing.items():
+        if isinstance(value, dict):
+            for name, v in value.items():
+                md[f"kvm.{key}.{name}"] = v
+        elif value is not None:
+            md[f"kvm.{key}"] = value
+    if res.error:
+        md["error"] = res.error
+    for ph, events in res.events.items():
+        for name, value in events.items():
+            md[f"events.{ph}.{name}"] = value
+    for ph, ns in res.model_ns.items():
+        md[f"model.{ph}_ns"] = float(ns)
+    md["model.total_ns"] = float(sum(res.model_ns.values()))
+    md["model.measured_ns"] = float(sum(res.model_ns.get(p, 0.0)
+                                        for p in MEASURED_PHASES[config.workload]))
+    qs = np.linspace(0.0, 1.0, 101)
+    for ph, v in res.vcpu.items():
+        md[f"vcpu.{ph}.faults"] = int(v.faults)
+        md[f"vcpu.{ph}.accesses"] = int(v.accesses)
+        md[f"vcpu.{ph}.makespan_ns"] = float(v.makespan_ns)
+        md[f"vcpu.{ph}.faults_per_s"] = float(v.faults_per_s)
+        md[f"vcpu.{ph}.lock_wait_ns"] = float(v.lock_wait_ns)
+        md[f"vcpu.{ph}.lock_hold_ns"] = float(v.lock_hold_ns)
+        if v.faults:
+            quant = v.latency_quantiles_ns(qs)
+            md[f"vcpu.{ph}.latency_p50_ns"] = float(quant[50])
+            md[f"vcpu.{ph}.latency_p99_ns"] = float(quant[99])
+            md[f"vcpu.{ph}.latency_quantiles_ns"] = ",".join(f"{x:.6g}" for x in quant)
+        tl = v.timeline
+        if len(tl):
+            pick = np.unique(np.linspace(0, len(tl) - 1, min(len(tl), 64)).astype(int))
+            md[f"vcpu.{ph}.timeline"] = ";".join(f"{tl[i, 0]:.6g},{int(tl[i, 1])}"
+                                                 for i in pick)
+    return md
 
 
 def main(family: str) -> None:
@@ -63,14 +96,9 @@ def main(family: str) -> None:
     try:
         config = config_from_args(family, args)
         from pinning.model.costs import load_profile
-        from pinning.model.lifecycle import backing_unavailable, config_bytes, run_lifecycle
-        from pinning.model.state import check_fits
 
         profile = load_profile(args.cost_profile)
-        check_fits(config_bytes(config), f"{config.name} ({format_size(config.guest_size)})")
-        missing = backing_unavailable(config)
-        if missing:
-            raise InputError(missing)
+        backing = preflight(config, what=f"{config.name} ({format_size(config.guest_size)})")
     except InputError as exc:
         print(f"{family}: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -87,26 +115,19 @@ def main(family: str) -> None:
     }
     if profile.machine:
         metadata["cost.machine"] = profile.machine
+    workload = None
     if runner.args.worker:
-        import time
-
-        from pinning.model.lifecycle import build_workload, lifecycle_metadata
+        from pinning.model.lifecycle import build_workload
 
         t0 = time.perf_counter()
-        workload = build_workload(config)
-        # Untimed: loads the cached kernels (no JIT in the timed region) and
-        # records the run's events, which are the same in every run.
-        model = None
-        if config.backing == "kvm":  # the model's prediction for the same configuration
-            model = run_lifecycle(replace(config, backing="sim", host="warm"), profile, workload)
-        metadata.update(lifecycle_metadata(config, run_lifecycle(config, profile, workload),
-                                           model))
+        if config.backing != "kvm":  # the kvm guest runs its own code
+            workload = build_workload(config)
+        # Untimed: loads the cached kernels (no JIT in the timed region) and records the
+        # run's events, which are the same in every run.
+        metadata.update(run_metadata(config, backing, backing.run(config, profile, workload)))
         metadata["pinbench.events_run_s"] = time.perf_counter() - t0
-    else:
-        workload = None
 
     def time_func(loops: int) -> float:
-        return sum(run_lifecycle(config, profile, workload).measured_s(family)
-                   for _ in range(loops))
+        return sum(backing.run(config, profile, workload).measured_s() for _ in range(loops))
 
     runner.bench_time_func(config.name, time_func, metadata=metadata)

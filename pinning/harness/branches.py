@@ -50,8 +50,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from pinning.harness.suite import BenchConfig, Suite, load_suite
-from pinning.model.units import InputError
+from pinning.harness.suite import Suite, load_suite
+from pinning.model.config import BenchConfig
+from pinning.model.names import InputError
 
 DEPS_MODES = ("install", "current")
 # What a ref must hold to be benchmarked.

@@ -18,8 +18,6 @@ over from the default profile, and every key says which it is and why.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import datetime as _dt
 import json
 import math
@@ -36,11 +34,13 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from pinning.backends.hostmem import anon_array, warm_host
+from pinning.backends import libc
+from pinning.backends.hostmem import warm_host
 from pinning.model.costs import COST_KEYS, CostProfile, load_profile
-from pinning.model.units import PAGE_SIZE, InputError
+from pinning.model.names import InputError
+from pinning.model.state import anon_array
+from pinning.model.units import PAGE_SIZE
 
-MADV_POPULATE_WRITE = 23  # Linux 5.14+; Python 3.11's mmap module lacks the constant
 MIB = 1 << 20
 
 #: Keys user space cannot measure on this machine, and why (each is carried from the default).
@@ -79,30 +79,9 @@ _QUICK = _Plan(host_bytes=32 * MIB, reps=3, guest_bytes=64 * MIB, kvm_reps=3)
 
 # ---------------------------------------------------------------- libc calls
 
-_libc: ctypes.CDLL | None = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        for name, extra in (("madvise", [ctypes.c_int]), ("mlock", []), ("munlock", [])):
-            fn = getattr(lib, name)
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, *extra]
-            fn.restype = ctypes.c_int
-        _libc = lib
-    return _libc
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
 
 def _populate(a: np.ndarray) -> None:
-    _check(_lib().madvise(a.ctypes.data, a.nbytes, MADV_POPULATE_WRITE),
-           "madvise(MADV_POPULATE_WRITE)")
+    libc.populate_write(a.ctypes.data, a.nbytes, "madvise(MADV_POPULATE_WRITE)")
 
 
 def _timed_ns(fn: Callable[[], object]) -> int:
@@ -196,7 +175,6 @@ def _zero_frame(plan: _Plan) -> list[float]:
 def _pin_unpin(plan: _Plan) -> tuple[list[float], list[float]]:
     """ns per 4 KiB page of mlock, then munlock, of populated 4 KiB-backed memory."""
     n = plan.host_bytes
-    lib = _lib()
     pins, unpins = [], []
     for _ in range(plan.reps):
         warm_host(n)
@@ -204,13 +182,13 @@ def _pin_unpin(plan: _Plan) -> tuple[list[float], list[float]]:
         _populate(a)
         addr = a.ctypes.data
         t0 = time.perf_counter_ns()
-        rc = lib.mlock(addr, n)
+        rc = libc.mlock(addr, n)
         t1 = time.perf_counter_ns()
-        _check(rc, "mlock")
+        libc.check(rc, "mlock")
         t2 = time.perf_counter_ns()
-        rc = lib.munlock(addr, n)
+        rc = libc.munlock(addr, n)
         t3 = time.perf_counter_ns()
-        _check(rc, "munlock")
+        libc.check(rc, "munlock")
         pins.append((t1 - t0) / (n // PAGE_SIZE))
         unpins.append((t3 - t2) / (n // PAGE_SIZE))
         del a

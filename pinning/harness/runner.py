@@ -11,8 +11,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pinning.harness.suite import BenchConfig, Suite
-from pinning.model.units import InputError, format_size
+from pinning.harness.backings import TABLE, preflight
+from pinning.harness.suite import Suite
+from pinning.model.config import BenchConfig
+from pinning.model.names import InputError
+from pinning.model.units import format_size
 
 # The bench scripts of a checkout; PINBENCH_BENCH_DIR points elsewhere (e.g. a
 # directory of scripts of your own with the same names and options).
@@ -106,9 +109,6 @@ def run_suite(suite: Suite, output: Path, *, force: bool = False,
     """
     import pyperf
 
-    from pinning.model.lifecycle import backing_unavailable, config_bytes
-    from pinning.model.state import check_fits
-
     output = Path(output)
     if output.exists() and not force:
         raise InputError(f"{output} exists: choose another -o or pass --force")
@@ -125,10 +125,7 @@ def run_suite(suite: Suite, output: Path, *, force: bool = False,
             for i, config in enumerate(suite.benchmarks, start=1):
                 name = config.name
                 try:
-                    check_fits(config_bytes(config), name)
-                    missing = backing_unavailable(config)
-                    if missing:
-                        raise InputError(missing)
+                    preflight(config, what=name)
                 except InputError as exc:
                     report.skipped.append((name, str(exc)))
                     progress.end(i, name, f"skipped: {exc}")
@@ -197,6 +194,5 @@ def _dump_atomic(results, output: Path) -> None:
 
 def describe(config: BenchConfig) -> str:
     """One line about a configuration for ``pinbench list``."""
-    from pinning.model.lifecycle import config_bytes
-
-    return f"{config.name:<60} needs {format_size(config_bytes(config)):>9}"
+    needed = TABLE[config.backing].bytes_needed(config)
+    return f"{config.name:<60} needs {format_size(needed):>9}"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pinning.model.units import PAGE_SIZE, InputError
+from pinning.model.names import InputError
+from pinning.model.units import PAGE_SIZE
 
 #: Cost keys, in the order of :meth:`CostProfile.as_array`.
 COST_KEYS: tuple[str, ...] = (

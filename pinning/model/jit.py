@@ -2,46 +2,36 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 import numba
 
+from pinning.model.cache import cache_dir
+
 F = TypeVar("F", bound=Callable)
 
-# Modules whose kernels call each other. Numba's disk cache is keyed by each
-# function's own source file only, so a kernel in one module would keep
-# running the stale machine code of a changed kernel in another (numba issue
-# #1833). Keying the cache directory by all of them together avoids that.
-KERNEL_MODULES = (
-    "model/jit.py", "model/kernels/engine.py", "model/kernels/vcpu.py",
-    "model/kernels/patterns.py", "backends/hostmem.py", "backends/cpu.py")
+# Keyed by every model source (see pinning.model.cache).
+numba.config.CACHE_DIR = str(cache_dir())
 
 
-def _cache_dir() -> str:
-    here = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for name in KERNEL_MODULES:
-        path = here / name
-        if path.exists():
-            digest.update(path.read_bytes())
-    base = os.environ.get("NUMBA_CACHE_DIR") or str(here / "__pycache__" / "numba")
-    return os.path.join(base, f"pinbench-{digest.hexdigest()[:16]}")
-
-
-numba.config.CACHE_DIR = _cache_dir()
+# cache=True: a second process loads machine code instead of compiling.
+# _nrt=False: kernels never allocate, and without Numba's runtime every call between
+# kernels no longer takes and drops an atomic reference on each array argument --
+# that alone cost ~15 ns per simulated page.
+_OPTIONS = {"cache": True, "nogil": True, "boundscheck": False, "_nrt": False}
 
 
 def kernel(fn: F) -> F:
     """Compile ``fn`` as a pinbench kernel: nopython, cached on disk, GIL released."""
-    # cache=True: a second process loads machine code instead of compiling.
-    # _nrt=False: kernels never allocate, and without Numba's runtime every
-    # call between kernels no longer takes and drops an atomic reference on
-    # each array argument -- that alone cost ~15 ns per simulated page.
-    return numba.njit(cache=True, nogil=True, boundscheck=False, _nrt=False)(fn)
+    return numba.njit(**_OPTIONS)(fn)
+
+
+def inline_kernel(fn: F) -> F:
+    """A kernel that Numba inlines into each kernel that calls it (its IR, before LLVM):
+    for a small function on the hot path of two kernels, e.g. the nested page fault."""
+    return numba.njit(inline="always", **_OPTIONS)(fn)
+
 
 
 def _prefetch_codegen(context, builder, signature, args):

@@ -1,9 +1,10 @@
-"""Mapping levels and sizes: the units the model counts in."""
+"""Mapping levels and sizes: the units the model counts in (plain Python)."""
 
 from __future__ import annotations
 
-import os
 import re
+
+from pinning.model.names import InputError
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -24,10 +25,6 @@ _SUFFIX = {
     "tib": 1 << 40,
 }
 _SIZE_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-class InputError(ValueError):
-    """Bad input from the user: reported as one line and exit status 2."""
 
 
 def parse_size(text: str, what: str = "size") -> int:
@@ -77,14 +74,3 @@ def format_size(nbytes: int | float) -> str:
             return f"{v:.0f}{suffix}" if v == int(v) else f"{v:.2f}{suffix}"
     return f"{int(nbytes)}B"
 
-
-def available_memory() -> int:
-    """MemAvailable from /proc/meminfo in bytes (or physical memory where that is missing)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pinning.model import strategies
 from pinning.model.costs import COST_KEYS, CostProfile
 from pinning.model.kernels import engine as K
 from pinning.model.kernels import vcpu as VK
-from pinning.model.state import frame_capacity, strategy_code
-from pinning.model.units import PAGE_SIZE, InputError, unit_pages
+from pinning.model.names import COUNTERS, MAX_VCPUS, InputError
+from pinning.model.state import PINNED, State, frame_capacity, metadata_shapes
+from pinning.model.units import PAGE_SIZE, unit_pages
 from pinning.model.workloads import Phase, Remap, Workload
 
-MAX_VCPUS = 64
 #: Fault-latency histogram: log-spaced bins from 1 ns to 100 s, 40 per decade.
 LATENCY_MIN_NS = 1.0
 LATENCY_DECADES = 11
@@ -54,6 +55,8 @@ class VcpuResult:
     timeline: np.ndarray  # float64[k, 2]: time ns, pages pinned then
     counters: dict[str, int]  # the workload's delta of each engine counter
     clocks_ns: np.ndarray  # float64[V], each vCPU's clock at the end
+    #: operations completed (accesses and remaps; a failed access is not completed)
+    ops_done: int = 0
 
     def latency_quantiles_ns(self, qs: float | Sequence[float] | np.ndarray) -> np.ndarray:
         """Fault-latency quantiles from the histogram (geometric interpolation in a bin)."""
@@ -76,27 +79,27 @@ class VcpuResult:
         return lo * (hi / lo) ** frac
 
 
-def run_workload(state: tuple, strategy: str, level: str, memlock_pages: int,
+def run_workload(state: State, strategy: str, level: str, memlock_pages: int,
                  workload: Workload, profile: CostProfile) -> VcpuResult:
     """Run ``workload``'s steps on a started VM's ``state``; return modelled time and counters.
 
     ``state`` comes from :func:`pinning.model.state.new_state` (with ``remapped_pages``
     covering the workload's remaps) after the startup operation has run.
-    ``memlock_pages`` is the memory-lock limit in pages, or ``kernels.NO_LIMIT``.
+    ``memlock_pages`` is the memory-lock limit in pages, or ``engine.NO_LIMIT``.
     A memory-lock failure stops the workload; the result carries the error.
     """
-    code = strategy_code(strategy)
+    rules = np.array(strategies.get(strategy).rules(), dtype=np.int64)
     upages = unit_pages(level)
     guest_pages = _check_state(state, strategy, level, upages)
     if isinstance(memlock_pages, bool) or not isinstance(memlock_pages, int | np.integer) or (
             memlock_pages < 0 and memlock_pages != K.NO_LIMIT):
         raise InputError(f"memory-lock limit {memlock_pages!r} must be a number of pages >= 0 "
-                         f"or kernels.NO_LIMIT ({K.NO_LIMIT})")
+                         f"or engine.NO_LIMIT ({K.NO_LIMIT})")
     nv = _check_workload(workload, guest_pages, upages)
     if not isinstance(profile, CostProfile) or set(profile.costs) != set(COST_KEYS):
         raise InputError(f"profile must be a CostProfile with costs {', '.join(COST_KEYS)}")
-    remapped = sum(_widened_pages(s, upages) for s in workload.steps if isinstance(s, Remap))
-    capacity = state[3].shape[0] - 1
+    remapped = workload.remapped_pages(level)
+    capacity = state.capacity
     if capacity < frame_capacity(guest_pages, remapped):
         raise InputError(f"the state holds {capacity} host frames, too few for remaps of "
                          f"{remapped} pages: build it with new_state(..., remapped_pages="
@@ -113,7 +116,7 @@ def run_workload(state: tuple, strategy: str, level: str, memlock_pages: int,
     prices[VK.P_PAGE_FLUSH] = c["page_flush_ns"]
     prices[VK.P_CLFLUSH_BYTE] = c["clflush_page_ns"] / PAGE_SIZE
 
-    counters, scal = state[0], state[1]
+    counters, scal = state.counters, state.scal
     before = counters.copy()
     edges = latency_bin_edges()
     hist = np.zeros(edges.shape[0] - 1, dtype=np.int64)
@@ -121,36 +124,37 @@ def run_workload(state: tuple, strategy: str, level: str, memlock_pages: int,
     pos = np.zeros(nv, dtype=np.int64)
     total_accesses = sum(len(s.units) for s in workload.steps if isinstance(s, Phase))
     timeline = np.zeros((TIMELINE_SAMPLES + 2, 2), dtype=np.float64)
-    timeline[0] = (0.0, float(scal[K.PINNED]))
+    timeline[0] = (0.0, float(scal[PINNED]))
     acc = np.zeros(VK.N_ACC, dtype=np.int64)
     acc[VK.A_POINTS] = 1
     acc[VK.A_EVERY] = max(1, -(-total_accesses // TIMELINE_SAMPLES))
-    acc[VK.A_LAST_PINNED] = scal[K.PINNED]
+    acc[VK.A_LAST_PINNED] = scal[PINNED]
     facc = np.zeros(VK.N_FACC, dtype=np.float64)
-    ops1 = np.array([K.OP_ACCESS_UNITS], dtype=np.int8)
-    gfns1 = np.zeros(1, dtype=np.int64)
-    npages1 = np.ones(1, dtype=np.int64)
     wbinvd_ns = c["wbinvd_ns"]
 
     status = K.OK
     error = None
+    ops_done = 0
     for step_no, step in enumerate(workload.steps, 1):
         barrier = float(clocks.max())
         if isinstance(step, Remap):
             wbinvd0 = counters[K.WBINVD]
-            K.run(state, code, upages, int(memlock_pages), *_remap_op(step))
+            K.run(state, rules, upages, int(memlock_pages), *_remap_op(step))
             barrier += wbinvd_ns * float(counters[K.WBINVD] - wbinvd0)
             clocks.fill(barrier)
+            ops_done += 1
             continue
         clocks.fill(barrier)
         done0 = int(acc[VK.A_ACCESSES])
-        status = VK.run_phase(state, code, upages, int(memlock_pages),
+        status = VK.run_phase(state, rules, upages, int(memlock_pages),
                               np.ascontiguousarray(step.units), step.bounds,
                               prices, clocks, pos, hist, edges, float(BINS_PER_DECADE),
-                              timeline, acc, facc, ops1, gfns1, npages1)
+                              timeline, acc, facc)
         if status == K.ERR_NO_FRAME:
             raise RuntimeError("vCPU model ran out of host frames: frame_capacity() is wrong")
+        ops_done += int(acc[VK.A_ACCESSES]) - done0
         if status == K.ERR_MEMLOCK:
+            ops_done -= 1  # the failing access did not complete
             error = (f"memory lock limit exceeded at access {int(acc[VK.A_ACCESSES]) - done0} "
                      f"of step {step_no}: pinning one more page would lock more than the "
                      f"limit of {memlock_pages} pages")
@@ -175,8 +179,9 @@ def run_workload(state: tuple, strategy: str, level: str, memlock_pages: int,
         latency_bin_edges_ns=edges,
         latency_counts=hist,
         timeline=timeline[:npoints].copy(),
-        counters=dict(zip(K.COUNTER_NAMES, (int(d) for d in delta), strict=True)),
+        counters=dict(zip(COUNTERS, (int(d) for d in delta), strict=True)),
         clocks_ns=clocks,
+        ops_done=ops_done,
     )
 
 
@@ -185,27 +190,21 @@ def _remap_op(step: Remap) -> tuple:
             np.array([step.npages], dtype=np.int64), np.zeros(0, dtype=np.uint32))
 
 
-def _widened_pages(step: Remap, upages: int) -> int:
-    first = step.gfn // upages
-    end = (step.gfn + step.npages + upages - 1) // upages
-    return (end - first) * upages
-
-
-def _check_state(state: tuple, strategy: str, level: str, upages: int) -> int:
+def _check_state(state: State, strategy: str, level: str, upages: int) -> int:
     """The guest's page count, after checking that ``state`` fits strategy and level."""
-    if not isinstance(state, tuple) or len(state) != 10:
-        raise InputError("state must be the 10-array tuple of pinning.model.state.new_state")
-    host_map, nested, region_pages, pfns = state[2], state[6], state[7], state[9]
-    guest_pages = int(host_map.shape[0])
+    if not isinstance(state, State):
+        raise InputError("state must be a pinning.model.state.State (new_state)")
+    guest_pages = state.guest_pages
+    nested = state.nested
     if guest_pages == 0 or guest_pages % upages or nested.shape[0] != guest_pages // upages:
         raise InputError(f"state of {guest_pages} pages with {nested.shape[0]} nested units "
                          f"was not built for level {level}")
-    meta = region_pages if strategy == "upfront" else pfns
-    if meta.shape[0] != guest_pages:
+    shapes = metadata_shapes(strategies.get(strategy), guest_pages)
+    if tuple(a.shape[0] for a in state.metadata_arrays()) != shapes:
         raise InputError(f"state was not built for strategy {strategy}")
-    # Both strategies' startup accounts the metadata; a VM without it never started.
-    if state[0][K.METADATA_BYTES] == 0:
-        raise InputError("state has not run startup (kernels.OP_STARTUP) or startup failed")
+    # Every strategy's startup accounts its metadata; a VM without it never started.
+    if state.counters[K.METADATA_BYTES] == 0:
+        raise InputError("state has not run startup (engine.OP_STARTUP) or startup failed")
     return guest_pages
 
 

@@ -1,84 +1,58 @@
 """Numba kernels: KVM's pinning bookkeeping over plain numpy arrays.
 
-Every kernel is a pure function of its arguments; the only state is the
-``state`` tuple of arrays built by :func:`pinning.model.state.new_state`::
+Every kernel is a pure function of its arguments; the only state is a
+:class:`pinning.model.state.State` of arrays, and a strategy's behaviour is its rule
+vector (``rules``, built from its registry entry: :meth:`Strategy.rules`), whose
+kernel codes (:mod:`pinning.model.strategies`) select the startup, fault and teardown
+kernels below. docs/model.md is the specification.
 
-    (counters, scal, host_map, frame_ref, frame_pin, free_list, nested,
-     region_pages, pinned_bitmap, pfns)
-
-* ``counters`` int64[N_COUNTERS] -- the DESIGN §1a counters (indices below).
-* ``scal`` int64[N_SCALARS] -- running values: pages pinned now, stale pins
-  now, next never-used pfn, depth of the free stack.
-* ``host_map`` int64[guest_pages] -- the VMM's mapping gfn -> pfn (0 = none).
-* ``frame_ref`` / ``frame_pin`` int32[capacity + 1] -- references held on each
-  host frame (VMM mapping + pins) and pins among them. pfn 0 is never
-  allocated: like the RFC's ``WARN_ON(!pfns[i])`` it means "no frame".
-* ``free_list`` int64[capacity] -- freed frames, reused last-freed-first.
-* ``nested`` uint8[guest_pages / unit_pages] -- 1 where KVM has a nested
-  mapping for the unit.
-* ``region_pages`` int64[guest_pages] -- upfront only: the registered region's
-  page array (pinned pfn per page); size 0 under demand.
-* ``pinned_bitmap`` uint64[ceil(guest_pages / 64)] and ``pfns``
-  int64[guest_pages] -- demand only: the memslot's pinned bitmap and pfn
-  array; size 0 under upfront.
+One fault kernel (:func:`fault`) serves both the bulk engine (:func:`run`) and the
+vCPU model (:mod:`pinning.model.kernels.vcpu`), so a fault has one set of rules.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pinning.model.jit import kernel, prefetch
-
-# Counter indices; the names are DESIGN §1a's.
-NPF_EXITS = 0
-FRAMES_ZEROED = 1
-PINS = 2
-UNPINS = 3
-CLFLUSH_BYTES = 4
-PAGE_FLUSHES = 5
-WBINVD = 6
-STALE_PINS_PEAK = 7
-UNPINNED_MAPPED_HAZARDS = 8
-PINNED_PAGES_PEAK = 9
-PINNED_PAGES_END = 10
-METADATA_BYTES = 11
-LEAKED_REFS = 12
-N_COUNTERS = 13
-
-COUNTER_NAMES = (
-    "npf_exits",
-    "frames_zeroed",
-    "pins",
-    "unpins",
-    "clflush_bytes",
-    "page_flushes",
-    "wbinvd",
-    "stale_pins_peak",
-    "unpinned_mapped_hazards",
-    "pinned_pages_peak",
-    "pinned_pages_end",
-    "metadata_bytes",
-    "leaked_refs",
+from pinning.model.jit import inline_kernel, kernel, prefetch
+from pinning.model.names import COUNTERS, TRACE_OPS
+from pinning.model.state import FREE_TOP, NEXT_PFN, PINNED, STALE
+from pinning.model.strategies import (
+    FAULT_PIN_PAGES,
+    STARTUP_PIN_REGION,
+    TEARDOWN_REGION,
 )
 
-# Indices into ``scal``.
-PINNED = 0
-STALE = 1
-NEXT_PFN = 2
-FREE_TOP = 3
-N_SCALARS = 4
+# Counter indices (names.COUNTERS order).
+NPF_EXITS = COUNTERS.index("npf_exits")
+FRAMES_ZEROED = COUNTERS.index("frames_zeroed")
+PINS = COUNTERS.index("pins")
+UNPINS = COUNTERS.index("unpins")
+CLFLUSH_BYTES = COUNTERS.index("clflush_bytes")
+PAGE_FLUSHES = COUNTERS.index("page_flushes")
+WBINVD = COUNTERS.index("wbinvd")
+STALE_PINS_PEAK = COUNTERS.index("stale_pins_peak")
+UNPINNED_MAPPED_HAZARDS = COUNTERS.index("unpinned_mapped_hazards")
+PINNED_PAGES_PEAK = COUNTERS.index("pinned_pages_peak")
+PINNED_PAGES_END = COUNTERS.index("pinned_pages_end")
+METADATA_BYTES = COUNTERS.index("metadata_bytes")
+LEAKED_REFS = COUNTERS.index("leaked_refs")
 
-# Strategies.
-UPFRONT = 0
-DEMAND = 1
+# Indices into ``rules`` (Strategy.rules()).
+R_STARTUP = 0
+R_FAULT = 1
+R_TEARDOWN = 2
+R_REMAP_WBINVD = 3
+R_FAULT_LOCK = 4
+N_RULES = 5
 
-# Operations the engine runs. A trace holds OP_ACCESS and OP_REMAP; the
-# others let one operation stand for a whole pattern or a phase.
-OP_ACCESS = 0  # access gfns[i]
-OP_REMAP = 1  # VMM remap of [gfns[i], gfns[i] + npages[i])
+# Operations the engine runs. A trace holds OP_ACCESS and OP_REMAP (names.TRACE_OPS);
+# the others let one operation stand for a whole pattern or a phase.
+OP_ACCESS = TRACE_OPS.index("access")  # access gfns[i]
+OP_REMAP = TRACE_OPS.index("remap")  # VMM remap of [gfns[i], gfns[i] + npages[i])
 OP_ACCESS_RANGE = 2  # access npages[i] units in order, the first holding gfns[i]
 OP_ACCESS_UNITS = 3  # access units[gfns[i] : gfns[i] + npages[i]] in order
-OP_STARTUP = 4  # register the region (upfront) or account the memslot metadata (demand)
+OP_STARTUP = 4  # the strategy's startup kernel
 OP_TEARDOWN = 5  # VM destroy
 
 # Status codes returned by kernels.
@@ -91,11 +65,50 @@ NO_LIMIT = -1
 # How many accesses ahead a random access pattern prefetches.
 PREFETCH_DISTANCE = 16
 
+# The running values ("registers") of a run travel between kernels as one tuple, in this
+# order, and live in local variables inside each kernel: counters kept in an array that
+# LLVM cannot prove distinct from the big int64 arrays are reloaded and stored around
+# every page (5x slower measured).
+(G_NPF, G_ZEROED, G_PINS, G_UNPINS, G_CLFLUSH, G_PAGE_FLUSHES, G_WBINVD, G_STALE_PEAK,
+ G_HAZARDS, G_PINNED_PEAK, G_METADATA, G_PINNED, G_STALE, G_NEXT_PFN, G_FREE_TOP) = range(15)
 
-# The helpers below return the running values they change instead of writing
-# them to an array: the engine keeps counters in local variables, because
-# counters in an array that LLVM cannot prove distinct from the big int64
-# arrays are reloaded and stored around every page (5x slower measured).
+
+@kernel
+def load_regs(st):
+    """The run's registers from the state's counters and scalars."""
+    c = st.counters
+    s = st.scal
+    return (c[NPF_EXITS], c[FRAMES_ZEROED], c[PINS], c[UNPINS], c[CLFLUSH_BYTES],
+            c[PAGE_FLUSHES], c[WBINVD], c[STALE_PINS_PEAK], c[UNPINNED_MAPPED_HAZARDS],
+            c[PINNED_PAGES_PEAK], c[METADATA_BYTES], s[PINNED], s[STALE], s[NEXT_PFN],
+            s[FREE_TOP])
+
+
+@kernel
+def store_regs(st, regs):
+    """Write the registers back into the state's counters and scalars."""
+    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
+     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    c = st.counters
+    s = st.scal
+    c[NPF_EXITS] = npf
+    c[FRAMES_ZEROED] = zeroed
+    c[PINS] = pins
+    c[UNPINS] = unpins
+    c[CLFLUSH_BYTES] = clflush
+    c[PAGE_FLUSHES] = page_flushes
+    c[WBINVD] = wbinvd
+    c[STALE_PINS_PEAK] = stale_peak
+    c[UNPINNED_MAPPED_HAZARDS] = hazards
+    c[PINNED_PAGES_PEAK] = pinned_peak
+    c[METADATA_BYTES] = metadata
+    s[PINNED] = pinned
+    s[STALE] = stale
+    s[NEXT_PFN] = next_pfn
+    s[FREE_TOP] = free_top
+
+
+# ---- bits and frames ------------------------------------------------------------------
 
 
 @kernel
@@ -146,13 +159,6 @@ def pin_frame(frame_ref, frame_pin, pfn):
 
 
 @kernel
-def unpin_frame(frame_ref, frame_pin, free_list, pfn, free_top):
-    """Drop a pin; free the frame when no reference is left. Returns ``free_top``."""
-    frame_pin[pfn] -= 1
-    return put_frame(frame_ref, free_list, pfn, free_top)
-
-
-@kernel
 def put_frame(frame_ref, free_list, pfn, free_top):
     """Drop one reference; a frame nothing holds goes on the free stack. Returns ``free_top``."""
     ref = frame_ref[pfn] - 1
@@ -164,105 +170,209 @@ def put_frame(frame_ref, free_list, pfn, free_top):
 
 
 @kernel
-def run(state, strategy, unit_pages, memlock_pages, ops, gfns, npages, units):
+def unpin_frame(frame_ref, frame_pin, free_list, pfn, free_top):
+    """Drop a pin; free the frame when no reference is left. Returns ``free_top``."""
+    frame_pin[pfn] -= 1
+    return put_frame(frame_ref, free_list, pfn, free_top)
+
+
+# ---- startup ----------------------------------------------------------------------------
+
+
+@kernel
+def startup_pin_region(st, memlock_pages, regs):
+    """Upfront: register the whole guest as an encrypted region and pin it.
+
+    Checked before anything is allocated or populated: a refused VM never runs.
+    """
+    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
+     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    guest_pages = st.host_map.shape[0]
+    if memlock_pages >= 0 and guest_pages > memlock_pages:
+        return ERR_MEMLOCK, regs
+    status = OK
+    metadata += 8 * guest_pages
+    for gfn in range(guest_pages):
+        pfn, next_pfn, free_top, z = populate(st.host_map, st.frame_ref, st.free_list, gfn,
+                                              next_pfn, free_top)
+        if pfn == 0:
+            status = ERR_NO_FRAME
+            break
+        zeroed += z
+        st.region_pages[gfn] = pfn
+        pin_frame(st.frame_ref, st.frame_pin, pfn)
+    pins += guest_pages
+    pinned += guest_pages
+    pinned_peak = max(pinned_peak, pinned)
+    clflush += guest_pages * PAGE_SIZE
+    return status, (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak,
+                    hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+
+
+@kernel
+def startup_memslot(st, regs):
+    """Demand: account the memslot's pinned bitmap and pfn array (nothing is pinned)."""
+    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
+     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    metadata += 8 * st.pfns.shape[0] + 8 * st.pinned_bitmap.shape[0]
+    return OK, (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak,
+                hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+
+
+# ---- the nested page fault -------------------------------------------------------------
+
+
+@inline_kernel
+def fault(st, rules, unit, unit_pages, memlock_pages, regs):
+    """A nested page fault on ``unit``: back every page of it, then the strategy's fault
+    kernel; installs the nested mapping unless the fault fails. Returns (status, regs)."""
+    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
+     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    npf += 1
+    first = unit * unit_pages
+    end = first + unit_pages
+    status = OK
+    for gfn in range(first, end):
+        pfn, next_pfn, free_top, z = populate(st.host_map, st.frame_ref, st.free_list, gfn,
+                                              next_pfn, free_top)
+        if pfn == 0:
+            status = ERR_NO_FRAME
+            break
+        zeroed += z
+    if status == OK:
+        if rules[R_FAULT] == FAULT_PIN_PAGES:
+            for gfn in range(first, end):
+                pfn = st.host_map[gfn]
+                if test_bit(st.pinned_bitmap, gfn):
+                    old = st.pfns[gfn]
+                    if old == pfn:
+                        continue
+                    # The VMM remapped this gfn: VM_PAGE_FLUSH the old page before
+                    # dropping its pin (the review's point).
+                    page_flushes += 1
+                    free_top = unpin_frame(st.frame_ref, st.frame_pin, st.free_list, old,
+                                           free_top)
+                    unpins += 1
+                    pinned -= 1
+                    stale -= 1
+                    clear_bit(st.pinned_bitmap, gfn)
+                    st.pfns[gfn] = 0
+                if memlock_pages >= 0 and pinned >= memlock_pages:
+                    status = ERR_MEMLOCK
+                    break
+                set_bit(st.pinned_bitmap, gfn)
+                st.pfns[gfn] = pfn
+                pin_frame(st.frame_ref, st.frame_pin, pfn)
+                pins += 1
+                pinned += 1
+                pinned_peak = max(pinned_peak, pinned)
+            if status == OK:
+                clflush += unit_pages * PAGE_SIZE
+        else:
+            for gfn in range(first, end):
+                if st.frame_pin[st.host_map[gfn]] == 0:
+                    hazards += 1
+        if status == OK:
+            st.nested[unit] = 1
+    return status, (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak,
+                    hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+
+
+# ---- remap and teardown ----------------------------------------------------------------
+
+
+@kernel
+def remap(st, rules, unit_pages, gfn0, npages, regs):
+    """The VMM unmaps and maps again ``[gfn0, gfn0 + npages)``, widened to whole units."""
+    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
+     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    first_unit = gfn0 // unit_pages
+    end_unit = (gfn0 + npages + unit_pages - 1) // unit_pages
+    for gfn in range(first_unit * unit_pages, end_unit * unit_pages):
+        pfn = st.host_map[gfn]
+        if pfn == 0:
+            continue
+        st.host_map[gfn] = 0
+        if st.frame_pin[pfn] > 0:
+            stale += 1
+            stale_peak = max(stale_peak, stale)
+        free_top = put_frame(st.frame_ref, st.free_list, pfn, free_top)
+    for unit in range(first_unit, end_unit):
+        st.nested[unit] = 0
+    # Upstream KVM flushes all caches on every invalidation of SEV guest memory.
+    wbinvd += rules[R_REMAP_WBINVD]
+    return (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
+            pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+
+
+@kernel
+def teardown(st, rules, regs):
+    """VM destroy: WBINVD, drop every pin KVM holds (page array or bitmap walk), unmap."""
+    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
+     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    wbinvd += 1
+    if rules[R_TEARDOWN] == TEARDOWN_REGION:
+        region = st.region_pages
+        for gfn in range(region.shape[0]):
+            pfn = region[gfn]
+            if pfn == 0:
+                continue
+            if st.host_map[gfn] != pfn:
+                stale -= 1
+            free_top = unpin_frame(st.frame_ref, st.frame_pin, st.free_list, pfn, free_top)
+            unpins += 1
+            pinned -= 1
+            region[gfn] = 0
+    else:
+        bitmap = st.pinned_bitmap
+        for word in range(bitmap.shape[0]):
+            if bitmap[word] == 0:
+                continue
+            for gfn in range(word * 64, word * 64 + 64):
+                if not test_bit(bitmap, gfn):
+                    continue
+                pfn = st.pfns[gfn]
+                if st.host_map[gfn] != pfn:
+                    stale -= 1
+                free_top = unpin_frame(st.frame_ref, st.frame_pin, st.free_list, pfn, free_top)
+                unpins += 1
+                pinned -= 1
+                st.pfns[gfn] = 0
+            bitmap[word] = 0
+    for unit in range(st.nested.shape[0]):
+        st.nested[unit] = 0
+    return (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
+            pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+
+
+# ---- the engine ---------------------------------------------------------------------
+
+
+@kernel
+def run(st, rules, unit_pages, memlock_pages, ops, gfns, npages, units):
     """Run operations on the state; returns ``(status, op index, position within the op)``.
 
     On success the op index is ``len(ops)``; on an error it is the failing
     operation, and the position is the failing access within it.
     """
-    (counters, scal, host_map, frame_ref, frame_pin, free_list, nested,
-     region_pages, pinned_bitmap, pfns) = state
-    npf_exits = counters[NPF_EXITS]
-    frames_zeroed = counters[FRAMES_ZEROED]
-    pins = counters[PINS]
-    unpins = counters[UNPINS]
-    clflush_bytes = counters[CLFLUSH_BYTES]
-    page_flushes = counters[PAGE_FLUSHES]
-    wbinvd = counters[WBINVD]
-    stale_pins_peak = counters[STALE_PINS_PEAK]
-    hazards = counters[UNPINNED_MAPPED_HAZARDS]
-    pinned_pages_peak = counters[PINNED_PAGES_PEAK]
-    metadata_bytes = counters[METADATA_BYTES]
-    pinned = scal[PINNED]
-    stale = scal[STALE]
-    next_pfn = scal[NEXT_PFN]
-    free_top = scal[FREE_TOP]
-
-    guest_pages = host_map.shape[0]
-    unit_bytes = unit_pages * PAGE_SIZE
+    regs = load_regs(st)
     status = OK
     i = 0
     k = 0
+    tracked = rules[R_FAULT] == FAULT_PIN_PAGES
     while i < ops.shape[0] and status == OK:
         op = ops[i]
-        if op == OP_STARTUP and strategy == UPFRONT:
-            # Checked before anything is allocated or populated: a refused VM never runs.
-            if memlock_pages >= 0 and guest_pages > memlock_pages:
-                status = ERR_MEMLOCK
-                break
-            metadata_bytes += 8 * guest_pages
-            for gfn in range(guest_pages):
-                pfn, next_pfn, free_top, z = populate(host_map, frame_ref, free_list, gfn,
-                                                      next_pfn, free_top)
-                if pfn == 0:
-                    status = ERR_NO_FRAME
-                    break
-                frames_zeroed += z
-                region_pages[gfn] = pfn
-                pin_frame(frame_ref, frame_pin, pfn)
-            pins += guest_pages
-            pinned += guest_pages
-            pinned_pages_peak = max(pinned_pages_peak, pinned)
-            clflush_bytes += guest_pages * PAGE_SIZE
-        elif op == OP_STARTUP:
-            metadata_bytes += 8 * pfns.shape[0] + 8 * pinned_bitmap.shape[0]
-        elif op == OP_TEARDOWN:
-            wbinvd += 1
-            if strategy == UPFRONT:
-                for gfn in range(region_pages.shape[0]):
-                    pfn = region_pages[gfn]
-                    if pfn == 0:
-                        continue
-                    if host_map[gfn] != pfn:
-                        stale -= 1
-                    free_top = unpin_frame(frame_ref, frame_pin, free_list, pfn, free_top)
-                    unpins += 1
-                    pinned -= 1
-                    region_pages[gfn] = 0
+        if op == OP_STARTUP:
+            if rules[R_STARTUP] == STARTUP_PIN_REGION:
+                status, regs = startup_pin_region(st, memlock_pages, regs)
             else:
-                for word in range(pinned_bitmap.shape[0]):
-                    if pinned_bitmap[word] == 0:
-                        continue
-                    for gfn in range(word * 64, word * 64 + 64):
-                        if not test_bit(pinned_bitmap, gfn):
-                            continue
-                        pfn = pfns[gfn]
-                        if host_map[gfn] != pfn:
-                            stale -= 1
-                        free_top = unpin_frame(frame_ref, frame_pin, free_list, pfn, free_top)
-                        unpins += 1
-                        pinned -= 1
-                        pfns[gfn] = 0
-                    pinned_bitmap[word] = 0
-            for unit in range(nested.shape[0]):
-                nested[unit] = 0
+                status, regs = startup_memslot(st, regs)
+            if status != OK:
+                break
+        elif op == OP_TEARDOWN:
+            regs = teardown(st, rules, regs)
         elif op == OP_REMAP:
-            first_unit = gfns[i] // unit_pages
-            end_unit = (gfns[i] + npages[i] + unit_pages - 1) // unit_pages
-            for gfn in range(first_unit * unit_pages, end_unit * unit_pages):
-                pfn = host_map[gfn]
-                if pfn == 0:
-                    continue
-                host_map[gfn] = 0
-                if frame_pin[pfn] > 0:
-                    stale += 1
-                    stale_pins_peak = max(stale_pins_peak, stale)
-                free_top = put_frame(frame_ref, free_list, pfn, free_top)
-            for unit in range(first_unit, end_unit):
-                nested[unit] = 0
-            if strategy == UPFRONT:
-                # Upstream KVM flushes all caches on every invalidation of SEV guest memory.
-                wbinvd += 1
+            regs = remap(st, rules, unit_pages, gfns[i], npages[i], regs)
         else:
             count = 1 if op == OP_ACCESS else npages[i]
             for k in range(count):
@@ -274,93 +384,33 @@ def run(state, strategy, unit_pages, memlock_pages, ops, gfns, npages, units):
                     unit = np.int64(units[gfns[i] + k])
                     if k + PREFETCH_DISTANCE < count:
                         ahead = np.int64(units[gfns[i] + k + PREFETCH_DISTANCE])
-                        prefetch(nested, ahead)
-                        prefetch(host_map, ahead * unit_pages)
-                        if strategy == DEMAND:
-                            prefetch(pfns, ahead * unit_pages)
-                            prefetch(pinned_bitmap, (ahead * unit_pages) >> 6)
-                if nested[unit] != 0:
+                        prefetch(st.nested, ahead)
+                        prefetch(st.host_map, ahead * unit_pages)
+                        if tracked:
+                            prefetch(st.pfns, ahead * unit_pages)
+                            prefetch(st.pinned_bitmap, (ahead * unit_pages) >> 6)
+                if st.nested[unit] != 0:
                     continue
-                # Nested page fault: back the whole unit, then (demand) pin it.
-                npf_exits += 1
-                first = unit * unit_pages
-                end = first + unit_pages
-                for gfn in range(first, end):
-                    pfn, next_pfn, free_top, z = populate(host_map, frame_ref, free_list, gfn,
-                                                          next_pfn, free_top)
-                    if pfn == 0:
-                        status = ERR_NO_FRAME
-                        break
-                    frames_zeroed += z
+                status, regs = fault(st, rules, unit, unit_pages, memlock_pages, regs)
                 if status != OK:
                     break
-                if strategy == DEMAND:
-                    for gfn in range(first, end):
-                        pfn = host_map[gfn]
-                        if test_bit(pinned_bitmap, gfn):
-                            old = pfns[gfn]
-                            if old == pfn:
-                                continue
-                            # The VMM remapped this gfn: VM_PAGE_FLUSH the old page
-                            # before dropping its pin (the review's point).
-                            page_flushes += 1
-                            free_top = unpin_frame(frame_ref, frame_pin, free_list, old,
-                                                   free_top)
-                            unpins += 1
-                            pinned -= 1
-                            stale -= 1
-                            clear_bit(pinned_bitmap, gfn)
-                            pfns[gfn] = 0
-                        if memlock_pages >= 0 and pinned >= memlock_pages:
-                            status = ERR_MEMLOCK
-                            break
-                        set_bit(pinned_bitmap, gfn)
-                        pfns[gfn] = pfn
-                        pin_frame(frame_ref, frame_pin, pfn)
-                        pins += 1
-                        pinned += 1
-                        pinned_pages_peak = max(pinned_pages_peak, pinned)
-                    if status != OK:
-                        break
-                    clflush_bytes += unit_bytes
-                else:
-                    for gfn in range(first, end):
-                        if frame_pin[host_map[gfn]] == 0:
-                            hazards += 1
-                nested[unit] = 1
             if status != OK:
                 break
         i += 1
-
-    counters[NPF_EXITS] = npf_exits
-    counters[FRAMES_ZEROED] = frames_zeroed
-    counters[PINS] = pins
-    counters[UNPINS] = unpins
-    counters[CLFLUSH_BYTES] = clflush_bytes
-    counters[PAGE_FLUSHES] = page_flushes
-    counters[WBINVD] = wbinvd
-    counters[STALE_PINS_PEAK] = stale_pins_peak
-    counters[UNPINNED_MAPPED_HAZARDS] = hazards
-    counters[PINNED_PAGES_PEAK] = pinned_pages_peak
-    counters[METADATA_BYTES] = metadata_bytes
-    scal[PINNED] = pinned
-    scal[STALE] = stale
-    scal[NEXT_PFN] = next_pfn
-    scal[FREE_TOP] = free_top
+    store_regs(st, regs)
     return status, i, k
 
 
 @kernel
-def finish(state):
+def finish(st):
     """Fill the end-of-run counters: pages still pinned and references leaked."""
-    counters, scal, host_map, frame_ref, _, _, _, _, _, _ = state
-    counters[PINNED_PAGES_END] = scal[PINNED]
+    st.counters[PINNED_PAGES_END] = st.scal[PINNED]
     refs = 0
-    for pfn in range(frame_ref.shape[0]):
-        refs += frame_ref[pfn]
+    for pfn in range(st.frame_ref.shape[0]):
+        refs += st.frame_ref[pfn]
     mapped = 0
-    for gfn in range(host_map.shape[0]):
-        if host_map[gfn] != 0:
+    for gfn in range(st.host_map.shape[0]):
+        if st.host_map[gfn] != 0:
             mapped += 1
-    counters[LEAKED_REFS] = refs - mapped
+    st.counters[LEAKED_REFS] = refs - mapped
     return OK

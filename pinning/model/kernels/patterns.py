@@ -6,11 +6,14 @@ Pure functions over arrays, used by :mod:`pinning.model.workloads` for guests of
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from pinning.model.jit import kernel, prefetch
 
 PREFETCH_AHEAD = 32  # accesses between a prefetch and its use
+#: False under NUMBA_DISABLE_JIT: the callers then use NumPy's own (same) algorithms.
+JIT = not numba.config.DISABLE_JIT
 
 
 @kernel

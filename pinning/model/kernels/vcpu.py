@@ -2,16 +2,16 @@
 
 A deterministic discrete-event simulation over one :class:`pinning.model.workloads.Phase`.
 Each vCPU has a clock (ns). The vCPU with the smallest clock that still has
-accesses goes next (ties: the lowest index); its access runs through the
-engine :func:`pinning.model.kernels.engine.run`, so the bookkeeping is exactly the
-engine's, and the counter deltas price it:
+accesses goes next (ties: the lowest index); a fault runs the engine's own fault
+kernel (:func:`pinning.model.kernels.engine.fault`), so the bookkeeping is exactly
+the engine's, and the counter deltas price it:
 
 * no fault: ``guest_touch_ns``, in parallel with every other vCPU;
 * a fault: ``npf_exit_ns + zero_frame_ns * frames zeroed`` in parallel, then
-  (demand only) the section under the per-VM lock: wait until the lock is
-  free, hold it for ``lock_hold_ns + pin_ns * pins + unpin_ns * unpins +
-  page_flush_ns * page flushes + clflush_page_ns * flushed bytes / 4096``.
-  Upfront faults pin nothing and take no lock.
+  (strategies whose fault pins under the per-VM lock: ``Strategy.fault_lock``) the
+  section under the lock: wait until the lock is free, hold it for ``lock_hold_ns +
+  pin_ns * pins + unpin_ns * unpins + page_flush_ns * page flushes + clflush_page_ns *
+  flushed bytes / 4096``. Upfront faults pin nothing and take no lock.
 
 Approximations: an access's bookkeeping is applied when its vCPU starts it,
 so a second vCPU touching the same unit slightly later sees it mapped; and
@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import math
 
-from pinning.model.jit import kernel
+import numpy as np
+
+from pinning.model.jit import kernel, prefetch
 from pinning.model.kernels import engine as K
 
 # Indices into ``prices`` (ns; the wrapper builds it from a CostProfile).
@@ -74,8 +76,8 @@ def latency_bin(latency, bin_edges, bins_per_decade):
 
 
 @kernel
-def run_phase(state, strategy, unit_pages, memlock_pages, units, bounds, prices, clocks, pos,
-              hist, bin_edges, bins_per_decade, timeline, acc, facc, ops1, gfns1, npages1):
+def run_phase(st, rules, unit_pages, memlock_pages, units, bounds, prices, clocks, pos,
+              hist, bin_edges, bins_per_decade, timeline, acc, facc):
     """Run one phase's accesses on V vCPUs; returns the engine's status (``K.OK`` if all ran).
 
     vCPU ``v`` performs ``units[bounds[v]:bounds[v + 1]]`` in order. ``clocks``
@@ -83,14 +85,11 @@ def run_phase(state, strategy, unit_pages, memlock_pages, units, bounds, prices,
     scratch. ``hist`` counts fault latencies into the bins of ``bin_edges``.
     ``timeline`` (float64[cap, 2]) receives (time, pages pinned) after every
     ``acc[A_EVERY]``-th fault, counting faults over the whole workload; its
-    time is when the fault's pins take effect: the lock release (demand), the
-    fault's start (upfront, whose faults pin nothing). ``acc``/``facc`` hold
-    the running totals. ``ops1``/``gfns1``/``npages1`` are one-element
-    scratch arrays with ``ops1[0] == OP_ACCESS_UNITS`` and ``npages1[0] == 1``.
+    time is when the fault's pins take effect: the lock release (locked faults),
+    the fault's start (others, whose faults pin nothing). ``acc``/``facc`` hold
+    the running totals.
     """
-    counters = state[0]
-    scal = state[1]
-    nested = state[6]
+    nested = st.nested
     nv = bounds.shape[0] - 1
     for v in range(nv):
         pos[v] = bounds[v]
@@ -103,7 +102,7 @@ def run_phase(state, strategy, unit_pages, memlock_pages, units, bounds, prices,
     unpin_ns = prices[P_UNPIN]
     page_flush_ns = prices[P_PAGE_FLUSH]
     clflush_byte_ns = prices[P_CLFLUSH_BYTE]
-    demand = strategy == K.DEMAND
+    locked = rules[K.R_FAULT_LOCK] != 0
 
     faults = acc[A_FAULTS]
     accesses = acc[A_ACCESSES]
@@ -117,6 +116,7 @@ def run_phase(state, strategy, unit_pages, memlock_pages, units, bounds, prices,
     # The last row is kept for the wrapper's final point.
     cap = timeline.shape[0] - 1
 
+    regs = K.load_regs(st)
     last_latency = -1.0
     last_bin = 0
     status = K.OK
@@ -130,61 +130,60 @@ def run_phase(state, strategy, unit_pages, memlock_pages, units, bounds, prices,
                 t = clocks[w]
         if v < 0:
             break
-        gfns1[0] = pos[v]
-        pos[v] += 1
-        if nested[units[gfns1[0]]] != 0:
-            # A mapped unit: the engine would change nothing, so skip the call.
-            accesses += 1
+        i = pos[v]
+        pos[v] = i + 1
+        unit = np.int64(units[i])
+        # Each vCPU's stream is random-access work over the guest's arrays: fetch the
+        # lines of this vCPU's access a few steps ahead (cache misses bound a storm).
+        if i + K.PREFETCH_DISTANCE < bounds[v + 1]:
+            ahead = np.int64(units[i + K.PREFETCH_DISTANCE])
+            prefetch(nested, ahead)
+            prefetch(st.host_map, ahead * unit_pages)
+            if locked:
+                prefetch(st.pfns, ahead * unit_pages)
+                prefetch(st.pinned_bitmap, (ahead * unit_pages) >> 6)
+        accesses += 1
+        if nested[unit] != 0:
             clocks[v] = t + touch_ns
             continue
 
-        npf0 = counters[K.NPF_EXITS]
-        zeroed0 = counters[K.FRAMES_ZEROED]
-        pins0 = counters[K.PINS]
-        unpins0 = counters[K.UNPINS]
-        flushes0 = counters[K.PAGE_FLUSHES]
-        clflush0 = counters[K.CLFLUSH_BYTES]
-        status, _, _ = K.run(state, strategy, unit_pages, memlock_pages, ops1, gfns1, npages1,
-                             units)
-        accesses += 1
-
-        if counters[K.NPF_EXITS] == npf0:
-            clocks[v] = t + touch_ns
-        else:
-            faults += 1
-            end = t + npf_ns + zero_ns * (counters[K.FRAMES_ZEROED] - zeroed0)
-            t_point = t
-            if demand:
-                wait = lock_free - end
-                if wait < 0.0:
-                    wait = 0.0
-                held = (lock_ns
-                        + pin_ns * (counters[K.PINS] - pins0)
-                        + unpin_ns * (counters[K.UNPINS] - unpins0)
-                        + page_flush_ns * (counters[K.PAGE_FLUSHES] - flushes0)
-                        + clflush_byte_ns * (counters[K.CLFLUSH_BYTES] - clflush0))
-                end += wait + held
-                lock_free = end
-                lock_wait += wait
-                lock_hold += held
-                t_point = end
-            clocks[v] = end
-            latency = end - t
-            # Latencies repeat (every uncontended fault of a kind costs the same):
-            # skip the log10 then.
-            if latency != last_latency:
-                last_latency = latency
-                last_bin = latency_bin(latency, bin_edges, bins_per_decade)
-            hist[last_bin] += 1
-            last_t = t_point
-            last_pinned = scal[K.PINNED]
-            if (faults - 1) % every == 0 and points < cap:
-                timeline[points, 0] = t_point
-                timeline[points, 1] = last_pinned
-                points += 1
+        before = regs
+        status, regs = K.fault(st, rules, unit, unit_pages, memlock_pages, regs)
+        faults += 1
+        end = t + npf_ns + zero_ns * (regs[K.G_ZEROED] - before[K.G_ZEROED])
+        t_point = t
+        if locked:
+            wait = lock_free - end
+            if wait < 0.0:
+                wait = 0.0
+            held = (lock_ns
+                    + pin_ns * (regs[K.G_PINS] - before[K.G_PINS])
+                    + unpin_ns * (regs[K.G_UNPINS] - before[K.G_UNPINS])
+                    + page_flush_ns * (regs[K.G_PAGE_FLUSHES] - before[K.G_PAGE_FLUSHES])
+                    + clflush_byte_ns * (regs[K.G_CLFLUSH] - before[K.G_CLFLUSH]))
+            end += wait + held
+            lock_free = end
+            lock_wait += wait
+            lock_hold += held
+            t_point = end
+        clocks[v] = end
+        latency = end - t
+        # Latencies repeat (every uncontended fault of a kind costs the same):
+        # skip the log10 then.
+        if latency != last_latency:
+            last_latency = latency
+            last_bin = latency_bin(latency, bin_edges, bins_per_decade)
+        hist[last_bin] += 1
+        last_t = t_point
+        last_pinned = regs[K.G_PINNED]
+        if (faults - 1) % every == 0 and points < cap:
+            timeline[points, 0] = t_point
+            timeline[points, 1] = last_pinned
+            points += 1
         if status != K.OK:
             break
 
+    K.store_regs(st, regs)
     acc[A_FAULTS] = faults
     acc[A_ACCESSES] = accesses
     acc[A_POINTS] = points

@@ -1,0 +1,84 @@
+"""The names every layer shares: counters, phases, families, patterns, backings, limits.
+
+Plain Python (no numpy, no numba), so that the CLI, the bench manager process and the
+analysis layer can use them without importing the model's kernels. Each name is defined
+here once; strategies have their own registry (:mod:`pinning.model.strategies`).
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input from the user: reported as one line and exit status 2."""
+
+
+#: The model's event counters (DESIGN §1a names), in the order of the engine's array.
+COUNTERS: tuple[str, ...] = (
+    "npf_exits",
+    "frames_zeroed",
+    "pins",
+    "unpins",
+    "clflush_bytes",
+    "page_flushes",
+    "wbinvd",
+    "stale_pins_peak",
+    "unpinned_mapped_hazards",
+    "pinned_pages_peak",
+    "pinned_pages_end",
+    "metadata_bytes",
+    "leaked_refs",
+)
+
+#: Phases a lifecycle may run, in order.
+PHASES: tuple[str, ...] = ("startup", "access", "remap", "teardown")
+#: Phases that run the vCPU model (guest accesses; the remap phase re-faults).
+VCPU_PHASES: tuple[str, ...] = ("access", "remap")
+
+#: Workload family -> the phases it runs (a phase nobody measures or needs before a
+#: measured one is skipped: a 1 TiB startup benchmark needs no fault storm).
+RUN_PHASES: dict[str, tuple[str, ...]] = {
+    "startup": ("startup",),
+    "fault_storm": ("startup", "access"),
+    "remap": ("startup", "access", "remap"),
+    "teardown": ("startup", "access", "teardown"),
+    "lifecycle": ("startup", "access", "teardown"),
+}
+#: Workload family -> the phases its measured value covers.
+MEASURED_PHASES: dict[str, tuple[str, ...]] = {
+    "startup": ("startup",),
+    "fault_storm": ("access",),
+    "remap": ("remap",),
+    "teardown": ("teardown",),
+    "lifecycle": ("startup", "access", "teardown"),
+}
+#: The workload families, in report order (one bench/<family>.py script each).
+FAMILIES: tuple[str, ...] = tuple(RUN_PHASES)
+
+#: Access patterns of a workload (docs/model.md, "Patterns").
+PATTERNS: tuple[str, ...] = ("sequential", "random", "hotset", "zipf", "strided")
+#: How a workload's vCPUs share the guest: own contiguous slices, or one stream round-robin.
+LAYOUTS: tuple[str, ...] = ("slices", "shared")
+#: Operations of a trace file, by the code the engine gives them (index = code).
+TRACE_OPS: tuple[str, ...] = ("access", "remap")
+
+#: Where guest memory lives: the sim's arrays only; a real anonymous mapping beside the
+#: sim's bookkeeping (DESIGN §3 method 2); a real KVM guest through /dev/kvm (method 3).
+BACKINGS: tuple[str, ...] = ("sim", "real", "kvm")
+#: Host memory before each measured value of a real backing: warmed (populated and freed
+#: right before) or cold (left idle so this VM's host has reclaimed it; HOST.md).
+HOST_STATES: tuple[str, ...] = ("warm", "cold")
+
+#: Most vCPUs a workload, the vCPU model or the kvm guest runs.
+MAX_VCPUS = 64
+#: Share of MemAvailable a run may plan to use: the rest is headroom for the interpreter,
+#: numba, the page cache and the measurement itself.
+MEMORY_HEADROOM = 0.85
+#: Version of the results metadata (``pinbench.schema``).
+SCHEMA_VERSION = 1
+
+
+def choice(what: str, value: object, allowed: tuple) -> None:
+    """Refuse ``value`` unless it is one of ``allowed``, naming them all."""
+    if value not in allowed:
+        raise InputError(f"{what} {value!r} is not one of {', '.join(map(str, allowed))}")
+
