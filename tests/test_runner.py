@@ -217,3 +217,27 @@ def test_progress_is_a_live_line_on_a_terminal_and_plain_lines_elsewhere():
     assert "\r" not in pipe.getvalue()
     assert pipe.getvalue().splitlines()[0].startswith("[1/2] a/b: ok")
     assert len(pipe.getvalue().splitlines()) == 2
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_one_process_runs_in_process_more_spawn_workers(tmp_path, processes):
+    from pinning.harness.runner import worker_command
+    from pinning.harness.suite import parse_suite
+
+    text = (f"[suite]\nprocesses={processes}\nvalues=2\n[[benchmark]]\nworkload='startup'\n"
+            "strategy='demand'\nguest_size='8MiB'\n")
+    suite = parse_suite(text, "p.toml")
+    cmd = worker_command(suite.benchmarks[0], suite, tmp_path / "x.json", None)
+    assert ("--in-process" in cmd) == (processes == 1)
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    out = tmp_path / "p.json"
+    proc = pinbench("run", "--suite", str(path), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    bench = pyperf.BenchmarkSuite.load(str(out)).get_benchmarks()[0]
+    runs = bench.get_runs()
+    assert len(runs) == processes and all(len(r.values) == 2 for r in runs)
+    # each run was made by its own process, which loaded the kernels and ran the model
+    for run in runs:
+        md = run.get_metadata()
+        assert md["pinbench.load_s"] > 0 and md["events.startup.metadata_bytes"] > 0

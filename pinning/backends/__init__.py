@@ -1,1 +1,1 @@
-"""x"""
+"""The real machine: libc, host memory, real guest RAM, a KVM guest, QEMU."""

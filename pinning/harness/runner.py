@@ -89,9 +89,15 @@ def worker_command(config: BenchConfig, suite: Suite, out: Path,
     """The bench script command line of one configuration."""
     cmd = [sys.executable, str(bench_script(config.workload)), *config.to_argv(),
            "--suite", suite.name, "-o", str(out), "--quiet",
-           "--processes", str(suite.processes), "--values", str(suite.values),
-           "--warmups", str(suite.warmups), "--loops", "1",
-           "--inherit-environ", "NUMBA_CACHE_DIR,NUMBA_DISABLE_JIT,NUMBA_NUM_THREADS,CI"]
+           "--values", str(suite.values), "--warmups", str(suite.warmups), "--loops", "1"]
+    if suite.processes == 1:
+        # One worker process is one process: pyperf's manager runs the benchmark itself
+        # (--in-process) instead of starting a second interpreter, with pinbench's imports
+        # and kernel loading, only to hand it one process's values.
+        cmd += ["--processes", "1", "--in-process"]
+    else:
+        cmd += ["--processes", str(suite.processes),
+                "--inherit-environ", "NUMBA_CACHE_DIR,NUMBA_DISABLE_JIT,NUMBA_NUM_THREADS,CI"]
     profile = cost_profile or suite.cost_profile
     if profile:
         cmd += ["--cost-profile", str(profile)]

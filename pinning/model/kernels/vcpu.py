@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from pinning.model.jit import kernel, prefetch
+from pinning.model.jit import kernel
 from pinning.model.kernels import engine as K
 
 # Indices into ``prices`` (ns; the wrapper builds it from a CostProfile).
@@ -48,7 +48,8 @@ A_ACCESSES = 1
 A_POINTS = 2  # timeline rows written
 A_EVERY = 3  # record every A_EVERY-th fault in the timeline (set by the wrapper)
 A_LAST_PINNED = 4  # pages pinned just after the latest fault
-N_ACC = 5
+A_UNTIL = 5  # faults left before the next timeline row (0: the next fault is recorded)
+N_ACC = 6
 
 # Indices into ``facc`` (float64), running values over the whole workload.
 F_LOCK_FREE = 0  # when the per-VM lock is next free
@@ -108,6 +109,7 @@ def run_phase(st, rules, unit_pages, memlock_pages, units, bounds, prices, clock
     accesses = acc[A_ACCESSES]
     points = acc[A_POINTS]
     every = acc[A_EVERY]
+    until = acc[A_UNTIL]
     last_pinned = acc[A_LAST_PINNED]
     lock_free = facc[F_LOCK_FREE]
     lock_wait = facc[F_LOCK_WAIT]
@@ -133,15 +135,8 @@ def run_phase(st, rules, unit_pages, memlock_pages, units, bounds, prices, clock
         i = pos[v]
         pos[v] = i + 1
         unit = np.int64(units[i])
-        # Each vCPU's stream is random-access work over the guest's arrays: fetch the
-        # lines of this vCPU's access a few steps ahead (cache misses bound a storm).
-        if i + K.PREFETCH_DISTANCE < bounds[v + 1]:
-            ahead = np.int64(units[i + K.PREFETCH_DISTANCE])
-            prefetch(nested, ahead)
-            prefetch(st.host_map, ahead * unit_pages)
-            if locked:
-                prefetch(st.pfns, ahead * unit_pages)
-                prefetch(st.pinned_bitmap, (ahead * unit_pages) >> 6)
+        # Each vCPU's own stream is fetched ahead, as the engine's.
+        K.prefetch_ahead(st, rules, units, i, bounds[v + 1], unit_pages)
         accesses += 1
         if nested[unit] != 0:
             clocks[v] = t + touch_ns
@@ -176,10 +171,16 @@ def run_phase(st, rules, unit_pages, memlock_pages, units, bounds, prices, clock
         hist[last_bin] += 1
         last_t = t_point
         last_pinned = regs[K.G_PINNED]
-        if (faults - 1) % every == 0 and points < cap:
-            timeline[points, 0] = t_point
-            timeline[points, 1] = last_pinned
-            points += 1
+        # A countdown, not (faults - 1) % every: an integer division per fault costs
+        # more than the rest of a hit's bookkeeping.
+        if until == 0:
+            until = every - 1
+            if points < cap:
+                timeline[points, 0] = t_point
+                timeline[points, 1] = last_pinned
+                points += 1
+        else:
+            until -= 1
         if status != K.OK:
             break
 
@@ -187,6 +188,7 @@ def run_phase(st, rules, unit_pages, memlock_pages, units, bounds, prices, clock
     acc[A_FAULTS] = faults
     acc[A_ACCESSES] = accesses
     acc[A_POINTS] = points
+    acc[A_UNTIL] = until
     acc[A_LAST_PINNED] = last_pinned
     facc[F_LOCK_FREE] = lock_free
     facc[F_LOCK_WAIT] = lock_wait
