@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from pinning.backends.cpu import random_update, stream_write  # noqa: E402
 from pinning.backends.hostmem import warm_host  # noqa: E402
 from pinning.model import strategies  # noqa: E402
+from pinning.model.config import BenchConfig  # noqa: E402
 from pinning.model.costs import load_profile  # noqa: E402
 from pinning.model.kernels import engine as K  # noqa: E402
 from pinning.model.lifecycle import warm_up  # noqa: E402
@@ -86,10 +87,11 @@ def model_rates(guest_pages: int, repeat: int) -> dict:
     and random faults through the vCPU model (one vCPU)."""
     units = random_units(guest_pages, 1.0, 1)
     profile = load_profile()
+    host = BenchConfig("fault_storm").host_params  # the default host: TDP MMU, coherent
 
     def run(strategy: str, pattern: str, phase: str) -> float:
         s = strategies.get(strategy)
-        rules = np.array(s.rules(), dtype=np.int64)
+        rules = np.array(s.rules(host, "4k"), dtype=np.int64)
         warm_host(memory_needed(s, guest_pages, "4k", 0, 4 * guest_pages))
         state = new_state(s, guest_pages, "4k")
         t = time.perf_counter()
@@ -106,7 +108,7 @@ def model_rates(guest_pages: int, repeat: int) -> dict:
         elif phase == "vcpu":
             work = Workload((Phase(units, np.array([0, guest_pages], dtype=np.int64)),), 1)
             t = time.perf_counter()
-            run_workload(state, strategy, "4k", K.NO_LIMIT, work, profile)
+            run_workload(state, strategy, "4k", work, profile, host=host)
             elapsed = time.perf_counter() - t
         return guest_pages / elapsed
 

@@ -29,15 +29,18 @@ class Run:
 
 def simulate(strategy: str, guest_pages: int, level: str = "4k", *, trace: Trace | None = None,
              pattern: str = "sequential", touch_fraction: float = 1.0, seed: int = 0,
-             memlock_limit: int | None = None, teardown: bool = True, vcpus: int = 1) -> Run:
-    """One lifecycle of a guest of ``guest_pages`` pages: a trace, or a pattern.
+             memlock_limit: int | None = None, teardown: bool = True, vcpus: int = 1,
+             kernel: str = "5.17", sme_coherent: str = "yes", mmu: str = "tdp") -> Run:
+    """One lifecycle of a guest of ``guest_pages`` pages: a trace, or a pattern, on a
+    host of the given kernel version, coherence and MMU.
 
     ``teardown=False`` stops before VM destroy (the fault_storm family) and fills the
     end-of-run counters of the live VM, as the reference model's ``live`` result does.
     """
     config = BenchConfig("lifecycle" if teardown else "fault_storm", strategy,
                          guest_pages * PAGE_SIZE, level, vcpus=vcpus, pattern=pattern,
-                         touch_fraction=touch_fraction, seed=seed, memlock_limit=memlock_limit)
+                         touch_fraction=touch_fraction, seed=seed, memlock_limit=memlock_limit,
+                         kernel=kernel, sme_coherent=sme_coherent, mmu=mmu)
     workload = None if trace is None else workload_from_trace(trace, guest_pages, level)
     res = run_lifecycle(config, load_profile(), workload=workload, keep_state=True)
     if teardown:

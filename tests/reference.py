@@ -1,20 +1,38 @@
-"""A slow, plain pure-Python reference model of upfront and demand pinning.
+"""A slow, plain pure-Python reference model of the three pinning strategies.
 
-Written straight from DESIGN.md sections 1/1a and docs/model.md, independently
-of ``pinning/model/kernels/engine.py``: dicts, sets and lists, one step of the spec per line.
-It is the test oracle; speed does not matter.
+Written straight from docs/model.md, independently of ``pinning/model/kernels/``:
+dicts, sets and lists, one step of the spec per line. It is the test oracle; speed
+does not matter.
+
+Strategies: ``upfront`` (upstream SEV: pin everything at registration), ``demand``
+(RFC v1, ``sev_pin_spte``), ``demand-v2`` (RFC v2, ``sev_pin_pfn``). Host parameters:
+``kernel`` ("X.Y" from 5.17 on), ``sme_coherent`` ("yes"/"no"), ``mmu``
+("tdp"/"shadow").
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 PAGE_SIZE = 4096
 LEVEL_UNIT_PAGES: dict[str, int] = {"4k": 1, "2m": 512, "1g": 262_144}
+STRATEGY_NAMES: tuple[str, ...] = ("upfront", "demand", "demand-v2")
+
+# Kernel versions at which a counted rule changes (docs/model.md, "Host parameters").
+FIRST_KERNEL = (5, 17)  # the RFC's baseline
+NOTIFIER_FLUSH_FROM = (5, 18)  # [W]: WBINVD per invalidation and at notifier release
+NO_DESTROY_FLUSH_FROM = (6, 17)  # [W17]: no flush in sev_vm_destroy
+# 6.15 (FOLL_LONGTERM for the registered region) changes no count.
+
+# Shadow MMU prefetch window (PTE_PREFETCH_NUM).
+PTE_PREFETCH_NUM = 8
 
 COUNTER_NAMES: tuple[str, ...] = (
     "npf_exits",
+    "prefetched_pages",
     "frames_zeroed",
+    "host_faults",
     "pins",
     "unpins",
     "clflush_bytes",
@@ -32,7 +50,18 @@ Op = tuple[str, int, int]
 
 
 class MemlockError(Exception):
-    """Pinning one more page would exceed the memory-lock limit."""
+    """The guest needs more pages than the memory-lock limit allows."""
+
+
+def parse_kernel(text: str) -> tuple[int, int]:
+    """``"6.17"`` -> (6, 17); a ValueError for anything else or anything before 5.17."""
+    m = re.fullmatch(r"(\d+)\.(\d+)", str(text).strip())
+    if m is None:
+        raise ValueError(f"kernel {text!r} is not X.Y")
+    version = (int(m.group(1)), int(m.group(2)))
+    if version < FIRST_KERNEL:
+        raise ValueError(f"kernel {text!r} is older than 5.17")
+    return version
 
 
 @dataclass
@@ -53,6 +82,9 @@ class RefVM:
     guest_pages: int
     unit_pages: int
     limit_pages: int | None  # floor(memlock_limit / 4096); None means no limit
+    kernel: tuple[int, int] = FIRST_KERNEL
+    sme_coherent: bool = True
+    shadow_mmu: bool = False
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
     host_map: dict[int, int] = field(default_factory=dict)  # gfn -> pfn (VMM mapping)
     refs: dict[int, int] = field(default_factory=dict)  # pfn -> reference count (> 0)
@@ -60,11 +92,22 @@ class RefVM:
     free: list[int] = field(default_factory=list)  # free stack, bottom first
     next_pfn: int = 1  # lowest never-used pfn
     nested: set[int] = field(default_factory=set)  # units with a nested mapping
-    pinned: int = 0  # pages pinned now
+    pinned: int = 0  # 4 KiB pages held by KVM's long-lived pins now
     stale: int = 0  # stale pins now
     region: dict[int, int] = field(default_factory=dict)  # upfront page array (nonzero)
-    bitmap: set[int] = field(default_factory=set)  # demand pinned bitmap (set gfns)
-    pfns: dict[int, int] = field(default_factory=dict)  # demand pfn array (nonzero)
+    bitmap: set[int] = field(default_factory=set)  # demand/demand-v2 pinned bitmap (set gfns)
+    pfns: dict[int, int] = field(default_factory=dict)  # demand/demand-v2 pfn array (nonzero)
+
+    # ---- host parameters ---------------------------------------------------------
+
+    def notifier_flush(self) -> bool:
+        """From 5.18 every invalidation overlapping the memslot, and the notifier's
+        release, does one WBINVD (WBNOINVD from 6.17), whatever the strategy."""
+        return self.kernel >= NOTIFIER_FLUSH_FROM
+
+    def destroy_flush(self) -> bool:
+        """``sev_vm_destroy`` does one WBINVD before 6.17."""
+        return self.kernel < NO_DESTROY_FLUSH_FROM
 
     # ---- host frames -------------------------------------------------------------
 
@@ -91,64 +134,103 @@ class RefVM:
             assert pfn not in self.pins
             self.free.append(pfn)
 
-    def populate(self, gfn: int) -> None:
-        """Give ``gfn`` a VMM frame if it has none (the VMM's mapping holds one reference)."""
-        if gfn not in self.host_map:
-            pfn = self.alloc_frame()
-            self.host_map[gfn] = pfn
-            self.get_ref(pfn)
+    def populate_unit(self, unit: int) -> None:
+        """Give every page of ``unit`` without a VMM frame one, ascending (the VMM's
+        mapping holds one reference); one host fault for the unit if any page was."""
+        populated = 0
+        for gfn in self.unit_range(unit):
+            if gfn not in self.host_map:
+                pfn = self.alloc_frame()
+                self.host_map[gfn] = pfn
+                self.get_ref(pfn)
+                populated += 1
+        if populated:
+            self.counters["host_faults"] += 1
 
-    # ---- pins --------------------------------------------------------------------
+    # ---- long-lived pins ---------------------------------------------------------
 
-    def check_limit(self) -> None:
-        """A pin is allowed while (pinned + 1) * 4096 <= limit."""
-        if self.limit_pages is not None and self.pinned + 1 > self.limit_pages:
-            raise MemlockError
+    def pin(self, pfn: int, pages: int = 1) -> None:
+        """A long-lived KVM pin of ``pfn`` that holds ``pages`` 4 KiB pages
+        (1; a demand-v2 pin holds its whole unit through the unit's first frame).
 
-    def pin(self, pfn: int) -> None:
+        SPEC: a demand-v2 pin adds a pin and a reference to the unit's first frame
+        only ("pin and reference counts"); the unit's other frames keep just the VMM's
+        reference, so a remap frees them at once (the rule "a frame whose reference
+        count drops to 0 is freed" wins over "held through it", which is read as
+        counting them as pinned pages, not as keeping them alive). ``stale`` and
+        ``stale_pins_peak`` count pinned frames, so one per demand-v2 unit.
+        """
         self.get_ref(pfn)
         self.pins[pfn] = self.pins.get(pfn, 0) + 1
-        self.pinned += 1
+        self.pinned += pages
         self.counters["pins"] += 1
         self.counters["pinned_pages_peak"] = max(self.counters["pinned_pages_peak"], self.pinned)
 
-    def unpin(self, gfn: int, pfn: int) -> None:
+    def unpin(self, gfn: int, pfn: int, pages: int = 1) -> None:
         """Drop KVM's pin on ``pfn``, pinned for ``gfn``; a stale pin ends with it."""
         if self.host_map.get(gfn) != pfn:
             self.stale -= 1
         self.pins[pfn] -= 1
         if self.pins[pfn] == 0:
             del self.pins[pfn]
-        self.pinned -= 1
+        self.pinned -= pages
         self.counters["unpins"] += 1
         self.put_ref(pfn)
 
-    def is_pinned_for(self, gfn: int) -> int:
-        """The frame KVM pins for ``gfn`` (0: none)."""
-        if self.strategy == "upfront":
-            return self.region.get(gfn, 0)
-        return self.pfns[gfn] if gfn in self.bitmap else 0
+    def transient_pin(self) -> None:
+        """demand-v2: the fault path's own pin (``hva_to_pfn``), released when the
+        fault ends; it holds no frame after the fault, so only the counts change.
+
+        SPEC: it touches neither the frame's pin/reference counts in the snapshot nor
+        ``pinned`` / ``pinned_pages_peak`` (those count long-lived pins only).
+        """
+        self.counters["pins"] += 1
+        self.counters["unpins"] += 1
+
+    def is_held(self, pfn: int) -> bool:
+        """Whether a long-lived pin holds ``pfn``.
+
+        SPEC: only used at level 4k (prefetch) and by upfront (whose pins are per
+        4 KiB page), so a frame is held iff its own pin count is nonzero; the
+        "held through the first frame" of a demand-v2 unit never needs asking here
+        (a demand-v2 fault always ends with its unit pinned).
+        """
+        return self.pins.get(pfn, 0) > 0
 
     # ---- lifecycle ---------------------------------------------------------------
 
     def unit_range(self, unit: int) -> range:
         return range(unit * self.unit_pages, (unit + 1) * self.unit_pages)
 
+    def check_limit_at_startup(self) -> None:
+        """upfront and demand-v2: fail before anything else if the guest needs more
+        pages than floor(limit / 4096)."""
+        if self.limit_pages is not None and self.guest_pages > self.limit_pages:
+            raise MemlockError
+
     def startup(self) -> None:
-        """Register the region (upfront: populate + pin + flush all) or allocate metadata."""
+        """Register the region (upfront: populate + pin all, flush unless coherent) or
+        allocate the memslot's metadata (demand, demand-v2)."""
         n = self.guest_pages
         if self.strategy == "upfront":
-            if self.limit_pages is not None and n > self.limit_pages:
-                raise MemlockError  # before anything else: every counter stays 0
-            self.counters["metadata_bytes"] = 8 * n
-            for gfn in range(n):
-                self.populate(gfn)
-                pfn = self.host_map[gfn]
-                self.region[gfn] = pfn
-                self.pin(pfn)
-                self.counters["clflush_bytes"] += PAGE_SIZE
+            self.check_limit_at_startup()  # raises: every counter stays 0
+            self.counters["metadata_bytes"] += 8 * n
+            for unit in range(n // self.unit_pages):
+                self.populate_unit(unit)
+                for gfn in self.unit_range(unit):
+                    pfn = self.host_map[gfn]
+                    self.region[gfn] = pfn
+                    self.pin(pfn)
+            if not self.sme_coherent:
+                self.counters["clflush_bytes"] += PAGE_SIZE * n
+        elif self.strategy == "demand":
+            # RFC v1 checks no limit at all.
+            self.counters["metadata_bytes"] += 16 * n
+        elif self.strategy == "demand-v2":
+            self.check_limit_at_startup()  # raises: every counter stays 0
+            self.counters["metadata_bytes"] += 16 * n
         else:
-            self.counters["metadata_bytes"] = 8 * n + 8 * ((n + 63) // 64)
+            raise ValueError(f"unknown strategy {self.strategy!r}")
 
     def access(self, gfn: int) -> None:
         """A guest access to ``gfn``: a nested page fault if its unit is unmapped."""
@@ -156,31 +238,90 @@ class RefVM:
         if unit in self.nested:
             return
         self.counters["npf_exits"] += 1
+        self.populate_unit(unit)
         pages = self.unit_range(unit)
-        for g in pages:
-            self.populate(g)
         if self.strategy == "upfront":
             for g in pages:
-                if self.pins.get(self.host_map[g], 0) == 0:
+                if not self.is_held(self.host_map[g]):
                     self.counters["unpinned_mapped_hazards"] += 1
-        else:
+        elif self.strategy == "demand":
             for g in pages:
                 pfn = self.host_map[g]
                 if g in self.bitmap and self.pfns[g] == pfn:
                     continue
                 if g in self.bitmap:
-                    self.counters["page_flushes"] += 1
+                    # put_page of the old frame; v1 flushes nothing here
                     self.bitmap.discard(g)
                     self.unpin(g, self.pfns[g])
-                self.check_limit()  # raises: nothing more happens in this fault
                 self.bitmap.add(g)
                 self.pfns[g] = pfn
                 self.pin(pfn)
+            # the level flush: always, whatever sme_coherent says
             self.counters["clflush_bytes"] += self.unit_pages * PAGE_SIZE
+        else:  # demand-v2
+            g0 = unit * self.unit_pages
+            pfn = self.host_map[g0]
+            self.transient_pin()
+            same = g0 in self.bitmap and self.pfns[g0] == pfn
+            # SPEC: step 2 ("same pfn: nothing more") is unreachable in this model: an
+            # unmapped unit whose bit is set was remapped, and the old frame, still
+            # pinned, is alive, so the new frame differs. It is kept as written.
+            if not same:
+                if g0 in self.bitmap:
+                    if not self.sme_coherent:
+                        self.counters["page_flushes"] += self.unit_pages
+                    self.bitmap.discard(g0)
+                    self.unpin(g0, self.pfns[g0], self.unit_pages)
+                self.pin(pfn, self.unit_pages)
+                self.bitmap.add(g0)
+                self.pfns[g0] = pfn
+                if not self.sme_coherent:
+                    self.counters["clflush_bytes"] += self.unit_pages * PAGE_SIZE
         self.nested.add(unit)
+        if self.shadow_mmu and self.unit_pages == 1:
+            self.prefetch(gfn)
+
+    def prefetch(self, gfn: int) -> None:
+        """The shadow MMU's ``__direct_pte_prefetch`` after mapping 4 KiB page ``gfn``."""
+        base = gfn - gfn % PTE_PREFETCH_NUM
+        start = None  # first page of the current run of unmapped pages
+        for g in range(base, base + PTE_PREFETCH_NUM):
+            # SPEC: a page past the guest's last page has no nested mapping (it can
+            # join a run); a run reaching past the memslot's end maps nothing.
+            if g in self.nested or g == gfn:
+                if start is None:
+                    continue
+                if self.prefetch_run(start, g) == 0:
+                    return  # a run that maps no page ends the prefetch
+                start = None
+            elif start is None:
+                start = g
+        if start is not None:
+            self.prefetch_run(start, base + PTE_PREFETCH_NUM)
+
+    def prefetch_run(self, start: int, end: int) -> int:
+        """Map ``[start, end)`` from ``start`` up to the first page the VMM has no frame
+        for; a run reaching past the guest's (the memslot's) end maps nothing. Return how
+        many pages were mapped."""
+        mapped = 0
+        if end > self.guest_pages:
+            return 0
+        for g in range(start, end):
+            if g not in self.host_map:
+                break
+            self.nested.add(g)  # 4k: unit == gfn
+            self.counters["prefetched_pages"] += 1
+            # SPEC: never true in this model: under demand/demand-v2 a page has a VMM
+            # frame only if a fault mapped it (so it is never prefetched), and under
+            # upfront an unpinned frame comes from a fault too. Kept as written.
+            if not self.is_held(self.host_map[g]):
+                self.counters["unpinned_mapped_hazards"] += 1
+            mapped += 1
+        return mapped
 
     def remap(self, gfn: int, npages: int) -> None:
-        """The VMM unmaps and maps again ``[gfn, gfn+npages)``, widened to whole units."""
+        """The VMM unmaps ``[gfn, gfn+npages)``, widened to whole units (the pages get
+        frames again only when a fault populates them)."""
         first_unit = gfn // self.unit_pages
         end_unit = (gfn + npages + self.unit_pages - 1) // self.unit_pages
         for unit in range(first_unit, end_unit):
@@ -190,26 +331,36 @@ class RefVM:
                     if self.pins.get(pfn, 0) > 0:
                         self.stale += 1
                     self.put_ref(pfn)
+        for unit in range(first_unit, end_unit):
             self.nested.discard(unit)
         self.counters["stale_pins_peak"] = max(self.counters["stale_pins_peak"], self.stale)
-        if self.strategy == "upfront":
-            self.counters["wbinvd"] += 1
+        if self.notifier_flush():
+            self.counters["wbinvd"] += 1  # even when nothing in the range was mapped
 
     def teardown(self) -> None:
-        """VM destroy: WBINVD once, drop every pin ascending, drop all nested mappings.
+        """VM destroy, in the kernel's order.
 
-        KVM's metadata (page array; bitmap and pfn array) is freed with the VM
-        (DESIGN 1: "free the arrays"), so the final state shows it empty.
+        KVM's metadata (page array; bitmap and pfn array) is freed with the VM, so
+        the final state shows it empty. The VMM's own mapping stays.
         """
-        self.counters["wbinvd"] += 1
+        if self.notifier_flush():
+            self.counters["wbinvd"] += 1  # mmu notifier release
+        if self.destroy_flush():
+            self.counters["wbinvd"] += 1  # sev_vm_destroy
         if self.strategy == "upfront":
             for g in sorted(self.region):
                 pfn = self.region.pop(g)
                 self.unpin(g, pfn)
-        else:
+        elif self.strategy == "demand":
             for g in sorted(self.bitmap):
                 self.bitmap.discard(g)
                 self.unpin(g, self.pfns[g])
+            self.pfns.clear()
+        else:  # demand-v2
+            self.counters["wbinvd"] += 1  # sev_free_memslot: once per memslot
+            for g in sorted(self.bitmap):
+                self.bitmap.discard(g)
+                self.unpin(g, self.pfns[g], self.unit_pages)
             self.pfns.clear()
         self.nested.clear()
 
@@ -242,12 +393,17 @@ def run_reference(
     ops: list[Op],
     memlock_limit: int | None = None,
     teardown: bool = True,
+    *,
+    kernel: str = "5.17",
+    sme_coherent: str = "yes",
+    mmu: str = "tdp",
 ) -> RefResult:
     """Run startup, ``ops`` and (unless ``teardown`` is False) teardown; return the result.
 
     ``ops`` holds ``("access", gfn, 1)`` and ``("remap", gfn, npages)`` tuples.
     """
-    live, destroyed = run_reference_both(strategy, guest_pages, level, ops, memlock_limit)
+    live, destroyed = run_reference_both(strategy, guest_pages, level, ops, memlock_limit,
+                                         kernel=kernel, sme_coherent=sme_coherent, mmu=mmu)
     return destroyed if teardown else live
 
 
@@ -257,49 +413,60 @@ def run_reference_both(
     level: str,
     ops: list[Op],
     memlock_limit: int | None = None,
+    *,
+    kernel: str = "5.17",
+    sme_coherent: str = "yes",
+    mmu: str = "tdp",
 ) -> tuple[RefResult, RefResult]:
     """One run, seen twice: (stopped before teardown, after teardown)."""
-    if strategy not in ("upfront", "demand"):
+    if strategy not in STRATEGY_NAMES:
         raise ValueError(f"unknown strategy {strategy!r}")
+    if sme_coherent not in ("yes", "no"):
+        raise ValueError(f"sme_coherent {sme_coherent!r} is not yes/no")
+    if mmu not in ("tdp", "shadow"):
+        raise ValueError(f"mmu {mmu!r} is not tdp/shadow")
+    version = parse_kernel(kernel)
     unit = LEVEL_UNIT_PAGES[level]
     if guest_pages <= 0 or guest_pages % unit:
         raise ValueError("guest is not a whole number of units")
     limit_pages = None if memlock_limit is None else memlock_limit // PAGE_SIZE
-    vm = RefVM(strategy, guest_pages, unit, limit_pages)
-    error = None
-    done = 0
+    vm = RefVM(strategy, guest_pages, unit, limit_pages, kernel=version,
+               sme_coherent=sme_coherent == "yes", shadow_mmu=mmu == "shadow")
     try:
         vm.startup()
     except MemlockError:
-        # Upfront: the VM never runs and is never destroyed.
+        # upfront / demand-v2: the VM never runs and is never destroyed.
         vm.finish()
         res = RefResult(vm.counters, "memory lock limit exceeded at startup", vm.snapshot(), 0)
         return res, res
-    try:
-        for kind, gfn, npages in ops:
-            if not 0 <= gfn < guest_pages or npages < 1 or (
-                kind == "remap" and gfn + npages > guest_pages
-            ):
-                raise ValueError(f"operation {kind} {gfn} {npages} outside the guest")
-            if kind == "access":
-                vm.access(gfn)
-            elif kind == "remap":
-                vm.remap(gfn, npages)
-            else:
-                raise ValueError(f"unknown operation {kind!r}")
-            done += 1
-    except MemlockError:
-        error = f"memory lock limit exceeded at operation {done + 1}"
+    done = 0
+    for kind, gfn, npages in ops:
+        if not 0 <= gfn < guest_pages or npages < 1 or (
+            kind == "remap" and gfn + npages > guest_pages
+        ):
+            raise ValueError(f"operation {kind} {gfn} {npages} outside the guest")
+        if kind == "access":
+            vm.access(gfn)
+        elif kind == "remap":
+            vm.remap(gfn, npages)
+        else:
+            raise ValueError(f"unknown operation {kind!r}")
+        done += 1
     vm.finish()
-    live = RefResult(dict(vm.counters), error, vm.snapshot(), done)
+    live = RefResult(dict(vm.counters), None, vm.snapshot(), done)
     vm.teardown()
     vm.finish()
-    return live, RefResult(vm.counters, error, vm.snapshot(), done)
+    return live, RefResult(vm.counters, None, vm.snapshot(), done)
+
+
+# The guest kernel's fixed boot working set (docs/model.md, "Patterns": 256 MiB).
+BOOT_WORKING_SET_PAGES = 256 * 1024 * 1024 // PAGE_SIZE
 
 
 def pattern_ops(pattern: str, guest_pages: int, level: str, touch_fraction: float,
                 seed: int = 0) -> list[Op]:
-    """The access list a ``sequential`` or ``random`` pattern stands for."""
+    """The access list a ``sequential``, ``random`` or ``boot`` pattern stands for
+    (the same whatever the strategy and host parameters)."""
     import numpy as np  # only to reproduce the documented shuffle
 
     unit = LEVEL_UNIT_PAGES[level]
@@ -311,6 +478,16 @@ def pattern_ops(pattern: str, guest_pages: int, level: str, touch_fraction: floa
         arr = np.arange(n_units, dtype=np.uint32)
         np.random.default_rng(seed).shuffle(arr)
         units = [int(u) for u in arr[:count]]
+    elif pattern == "boot":
+        # touch fraction ignored: the first 256 MiB (or all of a smaller guest), and
+        # the memory map, the last ceil(guest_pages / 64) pages; units ascending, once.
+        touched = set()
+        for g in range(min(BOOT_WORKING_SET_PAGES, guest_pages)):
+            touched.add(g // unit)
+        memmap_pages = (guest_pages + 63) // 64
+        for g in range(guest_pages - memmap_pages, guest_pages):
+            touched.add(g // unit)
+        units = sorted(touched)
     else:
         raise ValueError(f"unknown pattern {pattern!r}")
     return [("access", u * unit, 1) for u in units]

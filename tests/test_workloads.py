@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from pinning.model import workloads as W
 from pinning.model.kernels import engine as K
-from pinning.model.names import LAYOUTS, InputError
-from pinning.model.names import PATTERNS as ACCESS_PATTERNS
+from pinning.model.names import FAMILY_PATTERN, LAYOUTS, PATTERNS, InputError
 from pinning.model.traces import Trace, read_trace, workload_from_trace
 from pinning.model.workloads import (
     Phase,
@@ -25,6 +24,8 @@ from pinning.model.workloads import (
 )
 
 DISTINCT = ("sequential", "random", "strided")  # patterns that touch each unit at most once
+#: Patterns that are streams over any number of units (the boot pattern is a guest's boot)
+ACCESS_PATTERNS = tuple(p for p in PATTERNS if p not in FAMILY_PATTERN.values())
 
 
 def numpy_shuffled(n: int, seed: int) -> np.ndarray:
@@ -44,7 +45,42 @@ def fast_paths(monkeypatch):
 
 def test_constants():
     assert ACCESS_PATTERNS == ("sequential", "random", "hotset", "zipf", "strided")
+    assert PATTERNS == (*ACCESS_PATTERNS, "boot")
     assert LAYOUTS == ("slices", "shared")
+
+
+@pytest.mark.parametrize(("gib", "level"), [(1, "4k"), (16, "4k"), (16, "2m"), (4, "1g")])
+def test_boot_touches_a_working_set_and_the_memory_map(gib, level):
+    guest_pages = gib << 18
+    upages = W.unit_pages(level)
+    units = W.boot_units(guest_pages, upages)
+    # 256 MiB at the bottom (65 536 pages), and one 64-byte struct page per page at the
+    # top: guest_pages / 64 pages
+    low = -(-65_536 // upages)
+    top = (guest_pages - guest_pages // 64) // upages
+    n_units = guest_pages // upages
+    want = (np.arange(n_units) if top <= low
+            else np.concatenate([np.arange(low), np.arange(top, n_units)]))
+    np.testing.assert_array_equal(units, want)
+    assert np.all(np.diff(units.astype(np.int64)) > 0)  # ascending, each once
+
+
+def test_boot_of_a_guest_smaller_than_its_working_set_touches_all_of_it():
+    np.testing.assert_array_equal(W.boot_units(1000, 1), np.arange(1000))
+
+
+def test_boot_workload_splits_the_boot_among_vcpus():
+    guest_pages = 4 << 18
+    w = make_workload("boot", guest_pages, "4k", vcpus=3)
+    phase = w.steps[0]
+    np.testing.assert_array_equal(phase.units, W.boot_units(guest_pages, 1))
+    assert phase.bounds.tolist() == np.linspace(0, len(phase.units), 4).round().tolist()
+    assert workload_bytes("boot", guest_pages, "4k", vcpus=3) >= phase.units.nbytes
+
+
+def test_boot_is_not_a_stream():
+    with pytest.raises(InputError, match="boot_units"):
+        access_units("boot", 100)
 
 
 @pytest.mark.parametrize(("n", "frac", "seed"), [(1, 1.0, 0), (1000, 0.37, 5), (4099, 1.0, 2)])
@@ -330,7 +366,7 @@ def test_workload_bytes_of_a_1tib_guest_is_cheap():
     ("kwargs", "needle"),
     [
         ({"pattern": "bursty"}, "pattern 'bursty' is unknown (expected one of sequential, "
-                                "random, hotset, zipf, strided)"),
+                                "random, hotset, zipf, strided, boot)"),
         ({"layout": "stripes"}, "layout 'stripes' is unknown (expected one of slices, shared)"),
         ({"vcpus": 0}, "vcpus 0 must be an integer between 1 and 64"),
         ({"vcpus": 65}, "vcpus 65 must be"),

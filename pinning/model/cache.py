@@ -50,7 +50,7 @@ def cache_dir() -> Path:
 def model_run(config: BenchConfig, profile: CostProfile) -> dict[str, Any]:
     """The events and modelled time of each phase of ``config``'s lifecycle under
     ``profile`` (and its error): from the cache when this model already ran it."""
-    key = hashlib.sha256(json.dumps([asdict(config), profile.costs],
+    key = hashlib.sha256(json.dumps([asdict(config), profile.costs, profile.spread],
                                     sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir() / "runs" / f"{key}.json"
     try:

@@ -13,20 +13,24 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
 from pinning.model import strategies
+from pinning.model.host import Host, parse_kernel
 from pinning.model.names import (
     BACKINGS,
     FAMILIES,
+    FAMILY_PATTERN,
     HOST_STATES,
     LAYOUTS,
     MAX_VCPUS,
+    MMUS,
     PATTERNS,
+    SME_COHERENT,
     InputError,
     choice,
 )
 from pinning.model.units import LEVELS, PAGE_SIZE, format_size, parse_size, unit_pages
 
 #: How a parameter's text is read: its Python type follows from the kind.
-KINDS = ("choice", "size", "int", "fraction", "memlock")
+KINDS = ("choice", "size", "int", "fraction", "memlock", "kernel")
 UNLIMITED = ("unlimited", "none", "inf")
 
 
@@ -44,7 +48,7 @@ class Option:
     def type(self) -> type:
         """The Python type of the value (None allowed for a memory-lock limit)."""
         return {"choice": str, "size": int, "int": int, "fraction": float,
-                "memlock": int}[self.kind]
+                "memlock": int, "kernel": str}[self.kind]
 
 
 def _opt(help: str, kind: str = "choice", choices=None, metavar=None, **kw: Any) -> Any:
@@ -78,8 +82,16 @@ class BenchConfig:
     host: str = _opt("host memory before a real run: warmed right before, or left idle so "
                      "the hypervisor below reclaims it", choices=lambda: HOST_STATES,
                      default="warm")
-    memlock_limit: int | None = _opt("RLIMIT_MEMLOCK of the VMM (default: unlimited, as when "
+    memlock_limit: int | None = _opt("RLIMIT_MEMLOCK of the VMM (unlimited: as when "
                                      "privileged)", "memlock", metavar="SIZE", default=None)
+    kernel: str = _opt("host kernel version X.Y whose rules apply (from 5.17, the RFC's "
+                       "baseline; changes at 5.18, 6.15, 6.17)", "kernel", metavar="X.Y",
+                       default="5.17")
+    sme_coherent: str = _opt("whether the CPU keeps caches coherent across encryption domains "
+                             "(X86_FEATURE_SME_COHERENT: no CLFLUSH where the kernel checks it)",
+                             choices=lambda: SME_COHERENT, default="yes")
+    mmu: str = _opt("KVM's MMU: the TDP MMU (an SEV host) or the shadow MMU, which prefetches "
+                    "4 KiB neighbours", choices=lambda: MMUS, default="tdp")
 
     @property
     def guest_pages(self) -> int:
@@ -102,7 +114,19 @@ class BenchConfig:
             parts.append(f"seed{self.seed}")
         if self.memlock_limit is not None:
             parts.append(f"memlock{format_size(self.memlock_limit)}")
+        # host parameters, where they differ from the default host
+        if self.kernel != default("kernel"):
+            parts.append(f"k{self.kernel}")
+        if self.sme_coherent != default("sme_coherent"):
+            parts.append("noncoherent")
+        if self.mmu != default("mmu"):
+            parts.append(f"{self.mmu}-mmu")
         return "/".join(parts)
+
+    @property
+    def host_params(self) -> Host:
+        """The host parameters (kernel, coherence, MMU), parsed."""
+        return Host.of(self.kernel, self.sme_coherent, self.mmu)
 
     def to_argv(self) -> list[str]:
         """Command-line options of a bench script that reproduce this configuration."""
@@ -138,6 +162,14 @@ class BenchConfig:
             raise InputError(f"seed {self.seed} must not be negative")
         if self.memlock_limit is not None and self.memlock_limit < 0:
             raise InputError(f"memlock_limit {self.memlock_limit} must not be negative")
+        parse_kernel(self.kernel)
+        own = FAMILY_PATTERN.get(self.workload)
+        if own is not None and self.pattern != own:
+            raise InputError(f"the {self.workload} family runs the {own} pattern only "
+                             f"(got pattern {self.pattern!r})")
+        if self.pattern == "boot" and self.touch_fraction != 1.0:
+            raise InputError("the boot pattern touches what a booting guest touches: "
+                             "touch_fraction does not apply")
 
 
 def option(f: Field) -> Option:
@@ -154,6 +186,12 @@ def default(name: str) -> Any:
     """A field's default (the one set of defaults)."""
     f = next(f for f in fields(BenchConfig) if f.name == name)
     return None if f.default is MISSING else f.default
+
+
+def family_defaults(workload: str) -> dict[str, Any]:
+    """Defaults a family sets apart from the fields' own (a one-pattern family's pattern)."""
+    own = FAMILY_PATTERN.get(workload)
+    return {} if own is None else {"pattern": own}
 
 
 def flag(name: str) -> str:
@@ -180,6 +218,11 @@ def parse_value(name: str, value: Any, what: str | None = None, *,
             return None
         if isinstance(value, str) and value.strip() == "0":
             return 0
+    if kind == "kernel":
+        if not isinstance(value, str):  # a TOML number would read 6.10 as 6.1
+            raise InputError(f"{what} must be a version string like \"6.10\", got {value!r}")
+        major, minor = parse_kernel(value)
+        return f"{major}.{minor}"
     if kind in ("size", "memlock"):
         if isinstance(value, bool):
             raise InputError(f"{what} must be a size, got {value!r}")

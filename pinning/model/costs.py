@@ -1,9 +1,12 @@
 """Cost profiles: what each counted event costs in nanoseconds (modelled, not measured).
 
-A profile is a TOML file with one number per key of :data:`COST_KEYS` at the
-top level and a ``[profile]`` table (``name``, ``description``, optional
-``machine``). The packaged default is ``pinning/profiles/default.toml``; each of
-its values names its source or is marked as an assumption.
+A profile is a TOML file with one number per key of :data:`COST_KEYS` at the top level,
+a ``[spread]`` table (:data:`SPREAD_KEYS`: the coefficients of variation the vCPU model
+draws service times with), an optional ``[host]`` table describing the host the costs
+were measured on (:data:`HOST_KEYS`; ``pinbench calibrate`` detects them), and a
+``[profile]`` table (``name``, ``description``, optional ``machine``). The packaged
+default is ``pinning/model/profiles/default.toml``; each of its values names its source
+or is marked as an assumption.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pinning.model.units import PAGE_SIZE
 #: Cost keys, in the order of :meth:`CostProfile.as_array`.
 COST_KEYS: tuple[str, ...] = (
     "npf_exit_ns",
-    "zero_frame_ns",
+    "host_fault_ns",
+    "zero_byte_ns",
     "pin_ns",
     "unpin_ns",
     "clflush_page_ns",
@@ -32,23 +36,33 @@ COST_KEYS: tuple[str, ...] = (
     "wbinvd_ns",
     "lock_hold_ns",
     "guest_touch_ns",
-    "zero_metadata_ns",
+    "spte_prefetch_ns",
 )
-
-#: Counters that cost time -> the cost key that prices one of them.
-EVENT_COST: dict[str, str] = {
-    "npf_exits": "npf_exit_ns",
-    "frames_zeroed": "zero_frame_ns",
-    "pins": "pin_ns",
-    "unpins": "unpin_ns",
-    "clflush_bytes": "clflush_page_ns",
-    "page_flushes": "page_flush_ns",
-    "wbinvd": "wbinvd_ns",
-    "metadata_bytes": "zero_metadata_ns",
+#: The ``[spread]`` table: coefficient of variation of each fault's parallel part and of
+#: each lock hold in the vCPU model (0: deterministic).
+SPREAD_KEYS: tuple[str, ...] = ("fault_cv", "lock_cv")
+#: The optional ``[host]`` table: what the costs were measured on (descriptive).
+HOST_KEYS: dict[str, type] = {"sme_coherent": bool, "thp": str, "mmu": str, "kernel": str}
+#: Keys of earlier profiles and what replaced them (a profile naming one is refused).
+REPLACED_KEYS: dict[str, str] = {
+    "zero_frame_ns": "host_fault_ns + zero_byte_ns (a host fault of any size, then its bytes)",
+    "zero_metadata_ns": "zero_byte_ns (KVM's arrays are zeroed at the same rate)",
 }
 
-#: Counters counted in a smaller unit than their cost key prices (bytes vs pages).
-EVENT_UNIT: dict[str, int] = {"clflush_bytes": PAGE_SIZE, "metadata_bytes": PAGE_SIZE}
+#: Counter -> (cost key that prices it, multiplier): its modelled time is
+#: count x multiplier x cost.
+EVENT_COST: dict[str, tuple[str, float]] = {
+    "npf_exits": ("npf_exit_ns", 1.0),
+    "prefetched_pages": ("spte_prefetch_ns", 1.0),
+    "host_faults": ("host_fault_ns", 1.0),
+    "frames_zeroed": ("zero_byte_ns", float(PAGE_SIZE)),
+    "metadata_bytes": ("zero_byte_ns", 1.0),
+    "pins": ("pin_ns", 1.0),
+    "unpins": ("unpin_ns", 1.0),
+    "clflush_bytes": ("clflush_page_ns", 1.0 / PAGE_SIZE),
+    "page_flushes": ("page_flush_ns", 1.0),
+    "wbinvd": ("wbinvd_ns", 1.0),
+}
 
 PROFILE_KEYS = ("name", "description", "machine")
 _REQUIRED_PROFILE_KEYS = ("name", "description")
@@ -57,17 +71,31 @@ DEFAULT_SOURCE = "builtin:default"
 
 @dataclass(frozen=True)
 class CostProfile:
-    """A named set of per-event costs in nanoseconds."""
+    """A named set of per-event costs in nanoseconds, and the spread of service times."""
 
     name: str
     description: str
     machine: str | None
     source: str  # the file it was read from, or "builtin:default"
     costs: dict[str, float] = field(hash=False)
+    spread: dict[str, float] = field(hash=False, default_factory=lambda: dict.fromkeys(
+        SPREAD_KEYS, 0.0))
+    host: dict[str, object] = field(hash=False, default_factory=dict)
 
     def as_array(self) -> np.ndarray:
         """The costs as float64, in :data:`COST_KEYS` order."""
         return np.array([self.costs[k] for k in COST_KEYS], dtype=np.float64)
+
+    def with_costs(self, **changes: float) -> CostProfile:
+        """The same profile with some costs (or spreads) changed, named after the change."""
+        costs = {k: changes.get(k, v) for k, v in self.costs.items()}
+        spread = {k: changes.get(k, v) for k, v in self.spread.items()}
+        unknown = set(changes) - set(costs) - set(spread)
+        if unknown:
+            raise InputError(f"unknown cost key {sorted(unknown)[0]!r}")
+        what = ", ".join(f"{k}={v:g}" for k, v in changes.items())
+        return CostProfile(self.name, f"{self.description} ({what})", self.machine,
+                           f"{self.source} [{what}]", costs, spread, dict(self.host))
 
 
 def load_profile(path: str | Path | None = None) -> CostProfile:
@@ -82,25 +110,52 @@ def load_profile(path: str | Path | None = None) -> CostProfile:
     return _parse(data, str(path))
 
 
-def write_profile(profile: CostProfile, path: str | Path) -> None:
-    """Write ``profile`` as TOML that :func:`load_profile` reads back to equal costs and names."""
-    _check_costs(profile.costs, str(path), "")
-    lines = ["# pinbench cost profile: nanoseconds per event"]
-    lines += [f"{key} = {float(profile.costs[key])!r}" for key in COST_KEYS]
+def profile_toml(profile: CostProfile, comments: dict[str, str] | None = None,
+                 header: tuple[str, ...] = ("pinbench cost profile: nanoseconds per event",)
+                 ) -> str:
+    """The TOML text of ``profile`` (one comment line above each key that has one)."""
+    comments = comments or {}
+
+    def commented(key: str, line: str) -> list[str]:
+        note = comments.get(key)
+        return ([_comment(f"# {note}")] if note else []) + [line]
+
+    lines = [_comment(f"# {h}") for h in header] + [""]
+    for key in COST_KEYS:
+        lines += commented(key, f"{key} = {float(profile.costs[key])!r}")
+    lines += ["", "[spread]"]
+    for key in SPREAD_KEYS:
+        lines += commented(key, f"{key} = {float(profile.spread[key])!r}")
+    if profile.host:
+        lines += ["", "[host]"]
+        for key, value in profile.host.items():
+            text = ("true" if value else "false") if isinstance(value, bool) else _toml_str(
+                str(value))
+            lines += commented(f"host.{key}", f"{key} = {text}")
     lines += ["", "[profile]", f"name = {_toml_str(profile.name)}",
               f"description = {_toml_str(profile.description)}"]
     if profile.machine is not None:
         lines.append(f"machine = {_toml_str(profile.machine)}")
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return "\n".join(lines) + "\n"
+
+
+def write_profile(profile: CostProfile, path: str | Path) -> None:
+    """Write ``profile`` as TOML that :func:`load_profile` reads back equal."""
+    _check_costs(profile.costs, str(path), "")
+    Path(path).write_text(profile_toml(profile), encoding="utf-8")
 
 
 def modelled_ns(counters: dict[str, int], profile: CostProfile) -> float:
     """Σ count * cost over the counters that cost time, run serially on one CPU."""
     total = 0.0
-    for name, key in EVENT_COST.items():
-        count = counters.get(name, 0)
-        total += count / EVENT_UNIT.get(name, 1) * profile.costs[key]
+    for name, (key, scale) in EVENT_COST.items():
+        total += counters.get(name, 0) * scale * profile.costs[key]
     return total
+
+
+def _comment(text: str) -> str:
+    # A TOML comment may not hold control characters other than tab; keep it one line.
+    return "".join(c if c == "\t" or (ord(c) >= 0x20 and c != "\x7f") else " " for c in text)
 
 
 def _toml_str(text: str) -> str:
@@ -118,10 +173,9 @@ def _parse(data: bytes, source: str) -> CostProfile:
         msg = " ".join(str(exc).split())
         raise InputError(f"{source}: not valid TOML: {msg}") from None
 
-    for key in doc:
-        if key not in COST_KEYS and key != "profile":
-            raise InputError(f"{_where(source, text, key)}: unknown key {key!r} "
-                             f"(allowed: {', '.join(COST_KEYS)} and a [profile] table)")
+    tables = ("profile", "spread", "host")
+    costs = {k: v for k, v in doc.items() if k not in tables}
+    _check_costs(costs, source, text)
     meta = doc.get("profile")
     if not isinstance(meta, dict):
         raise InputError(f"{source}: missing [profile] table "
@@ -137,34 +191,57 @@ def _parse(data: bytes, source: str) -> CostProfile:
         if key not in meta:
             raise InputError(f"{source}: missing key 'profile.{key}' "
                              f"(the [profile] table needs {', '.join(_REQUIRED_PROFILE_KEYS)})")
-
-    costs = {k: v for k, v in doc.items() if k != "profile"}
-    _check_costs(costs, source, text)
+    spread = doc.get("spread")
+    if not isinstance(spread, dict):
+        raise InputError(f"{source}: missing [spread] table (keys {', '.join(SPREAD_KEYS)}: "
+                         "the coefficients of variation of the vCPU model's service times)")
+    _check_numbers(spread, SPREAD_KEYS, source, text, "spread.", "coefficient of variation")
+    host = doc.get("host", {})
+    if not isinstance(host, dict):
+        raise InputError(f"{source}: host must be a table")
+    for key, value in host.items():
+        if key not in HOST_KEYS:
+            raise InputError(f"{_where(source, text, key)}: unknown key 'host.{key}' "
+                             f"(allowed: {', '.join(HOST_KEYS)})")
+        if not isinstance(value, HOST_KEYS[key]):
+            raise InputError(f"{_where(source, text, key)}: host.{key} must be a "
+                             f"{HOST_KEYS[key].__name__}, got {value!r}")
     return CostProfile(
         name=meta["name"],
         description=meta["description"],
         machine=meta.get("machine"),
         source=source,
         costs={k: float(costs[k]) for k in COST_KEYS},
+        spread={k: float(spread[k]) for k in SPREAD_KEYS},
+        host=dict(host),
     )
 
 
 def _check_costs(costs: dict, source: str, text: str) -> None:
-    for key in COST_KEYS:
-        if key not in costs:
-            raise InputError(f"{source}: missing key {key!r} "
-                             f"(a profile needs all of: {', '.join(COST_KEYS)})")
-        value = costs[key]
+    _check_numbers(costs, COST_KEYS, source, text, "", "number of nanoseconds")
+
+
+def _check_numbers(values: dict, keys: tuple[str, ...], source: str, text: str, prefix: str,
+                   what: str) -> None:
+    for key in keys:
+        if key not in values:
+            old = [k for k in values if k in REPLACED_KEYS]
+            hint = (f"; {old[0]!r} is no longer a key: it became {REPLACED_KEYS[old[0]]} "
+                    "(pinbench calibrate writes a current profile)" if old else "")
+            raise InputError(f"{source}: missing key {prefix + key!r} "
+                             f"(a profile needs all of: {', '.join(keys)}){hint}")
+        value = values[key]
         # bool is an int subclass: `true` is not a cost.
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"{_where(source, text, key)}: {key} must be a number of "
-                             f"nanoseconds >= 0, got {value!r}")
+            raise InputError(f"{_where(source, text, key)}: {prefix}{key} must be a {what} "
+                             f">= 0, got {value!r}")
         if not math.isfinite(value) or value < 0:
-            raise InputError(f"{_where(source, text, key)}: {key} must be a finite number of "
-                             f"nanoseconds >= 0, got {value!r}")
-    for key in costs:
-        if key not in COST_KEYS:
-            raise InputError(f"{source}: unknown key {key!r} (allowed: {', '.join(COST_KEYS)})")
+            raise InputError(f"{_where(source, text, key)}: {prefix}{key} must be a finite "
+                             f"{what} >= 0, got {value!r}")
+    for key in values:
+        if key not in keys:
+            raise InputError(f"{_where(source, text, key)}: unknown key {prefix + key!r} "
+                             f"(allowed: {', '.join(keys)})")
 
 
 def _where(source: str, text: str, key: str) -> str:

@@ -15,7 +15,9 @@ class InputError(ValueError):
 #: The model's event counters (DESIGN §1a names), in the order of the engine's array.
 COUNTERS: tuple[str, ...] = (
     "npf_exits",
+    "prefetched_pages",
     "frames_zeroed",
+    "host_faults",
     "pins",
     "unpins",
     "clflush_bytes",
@@ -42,6 +44,7 @@ RUN_PHASES: dict[str, tuple[str, ...]] = {
     "remap": ("startup", "access", "remap"),
     "teardown": ("startup", "access", "teardown"),
     "lifecycle": ("startup", "access", "teardown"),
+    "boot": ("startup", "access"),
 }
 #: Workload family -> the phases its measured value covers.
 MEASURED_PHASES: dict[str, tuple[str, ...]] = {
@@ -50,12 +53,16 @@ MEASURED_PHASES: dict[str, tuple[str, ...]] = {
     "remap": ("remap",),
     "teardown": ("teardown",),
     "lifecycle": ("startup", "access", "teardown"),
+    "boot": ("startup", "access"),
 }
 #: The workload families, in report order (one bench/<family>.py script each).
 FAMILIES: tuple[str, ...] = tuple(RUN_PHASES)
 
 #: Access patterns of a workload (docs/model.md, "Patterns").
-PATTERNS: tuple[str, ...] = ("sequential", "random", "hotset", "zipf", "strided")
+PATTERNS: tuple[str, ...] = ("sequential", "random", "hotset", "zipf", "strided", "boot")
+#: Families that run one pattern only, and the pattern (their default; other families
+#: may run it too, e.g. ``simulate --pattern boot``).
+FAMILY_PATTERN: dict[str, str] = {"boot": "boot"}
 #: How a workload's vCPUs share the guest: own contiguous slices, or one stream round-robin.
 LAYOUTS: tuple[str, ...] = ("slices", "shared")
 #: Operations of a trace file, by the code the engine gives them (index = code).
@@ -68,13 +75,21 @@ BACKINGS: tuple[str, ...] = ("sim", "real", "kvm")
 #: right before) or cold (left idle so this VM's host has reclaimed it; HOST.md).
 HOST_STATES: tuple[str, ...] = ("warm", "cold")
 
+#: Whether the CPU keeps caches coherent across encryption domains (X86_FEATURE_SME_COHERENT).
+SME_COHERENT: tuple[str, ...] = ("yes", "no")
+#: KVM's MMU for nested page faults: the TDP MMU (an SEV host) or the legacy/shadow MMU.
+MMUS: tuple[str, ...] = ("tdp", "shadow")
+
 #: Most vCPUs a workload, the vCPU model or the kvm guest runs.
 MAX_VCPUS = 64
 #: Share of MemAvailable a run may plan to use: the rest is headroom for the interpreter,
 #: numba, the page cache and the measurement itself.
 MEMORY_HEADROOM = 0.85
-#: Version of the results metadata (``pinbench.schema``).
-SCHEMA_VERSION = 1
+#: Version of the results metadata (``pinbench.schema``); 2: kernel variants, host
+#: parameters and the counting rules of docs/model.md (issue #11).
+SCHEMA_VERSION = 2
+#: Older schemas the results loader still reads.
+READABLE_SCHEMAS: tuple[int, ...] = (1, 2)
 
 
 def choice(what: str, value: object, allowed: tuple) -> None:

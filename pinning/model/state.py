@@ -80,7 +80,7 @@ def frame_capacity(guest_pages: int, remapped_pages: int) -> int:
 def metadata_shapes(strategy: Strategy, guest_pages: int) -> tuple[int, int, int]:
     """Lengths of (region_pages, pinned_bitmap, pfns) the strategy's kernels use."""
     region = guest_pages if strategy.startup == strategies.STARTUP_PIN_REGION else 0
-    tracked = strategy.fault == strategies.FAULT_PIN_PAGES
+    tracked = strategy.fault in (strategies.FAULT_PIN_PAGES, strategies.FAULT_PIN_UNIT)
     return region, (guest_pages + 63) // 64 if tracked else 0, guest_pages if tracked else 0
 
 

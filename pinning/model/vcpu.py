@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pinning.model import strategies
+from pinning.model.config import BenchConfig
 from pinning.model.costs import COST_KEYS, CostProfile
+from pinning.model.host import Host
 from pinning.model.kernels import engine as K
 from pinning.model.kernels import vcpu as VK
 from pinning.model.names import COUNTERS, MAX_VCPUS, InputError
@@ -42,8 +44,6 @@ def latency_bin_edges() -> np.ndarray:
 class VcpuResult:
     """Modelled time and counters of one workload on V vCPUs."""
 
-    status: int  # kernels.OK or kernels.ERR_MEMLOCK
-    error: str | None
     faults: int
     accesses: int
     makespan_ns: float  # the latest vCPU clock
@@ -55,7 +55,7 @@ class VcpuResult:
     timeline: np.ndarray  # float64[k, 2]: time ns, pages pinned then
     counters: dict[str, int]  # the workload's delta of each engine counter
     clocks_ns: np.ndarray  # float64[V], each vCPU's clock at the end
-    #: operations completed (accesses and remaps; a failed access is not completed)
+    #: operations completed (accesses and remaps)
     ops_done: int = 0
 
     def latency_quantiles_ns(self, qs: float | Sequence[float] | np.ndarray) -> np.ndarray:
@@ -79,22 +79,21 @@ class VcpuResult:
         return lo * (hi / lo) ** frac
 
 
-def run_workload(state: State, strategy: str, level: str, memlock_pages: int,
-                 workload: Workload, profile: CostProfile) -> VcpuResult:
+def run_workload(state: State, strategy: str, level: str, workload: Workload,
+                 profile: CostProfile, *, host: Host | None = None,
+                 seed: int = 0) -> VcpuResult:
     """Run ``workload``'s steps on a started VM's ``state``; return modelled time and counters.
 
     ``state`` comes from :func:`pinning.model.state.new_state` (with ``remapped_pages``
     covering the workload's remaps) after the startup operation has run.
-    ``memlock_pages`` is the memory-lock limit in pages, or ``engine.NO_LIMIT``.
-    A memory-lock failure stops the workload; the result carries the error.
+    (The memory-lock limit is checked at startup, never in a fault.) ``host`` is the
+    host's parameters (default: the default configuration's); ``seed`` seeds the
+    service times' spread.
     """
-    rules = np.array(strategies.get(strategy).rules(), dtype=np.int64)
+    host = host or BenchConfig("fault_storm").host_params
+    rules = np.array(strategies.get(strategy).rules(host, level), dtype=np.int64)
     upages = unit_pages(level)
     guest_pages = _check_state(state, strategy, level, upages)
-    if isinstance(memlock_pages, bool) or not isinstance(memlock_pages, int | np.integer) or (
-            memlock_pages < 0 and memlock_pages != K.NO_LIMIT):
-        raise InputError(f"memory-lock limit {memlock_pages!r} must be a number of pages >= 0 "
-                         f"or engine.NO_LIMIT ({K.NO_LIMIT})")
     nv = _check_workload(workload, guest_pages, upages)
     if not isinstance(profile, CostProfile) or set(profile.costs) != set(COST_KEYS):
         raise InputError(f"profile must be a CostProfile with costs {', '.join(COST_KEYS)}")
@@ -109,12 +108,17 @@ def run_workload(state: State, strategy: str, level: str, memlock_pages: int,
     c = profile.costs
     prices[VK.P_TOUCH] = c["guest_touch_ns"]
     prices[VK.P_NPF] = c["npf_exit_ns"]
-    prices[VK.P_ZERO] = c["zero_frame_ns"]
+    prices[VK.P_HOST_FAULT] = c["host_fault_ns"]
+    prices[VK.P_ZERO_PAGE] = c["zero_byte_ns"] * PAGE_SIZE
     prices[VK.P_LOCK] = c["lock_hold_ns"]
     prices[VK.P_PIN] = c["pin_ns"]
     prices[VK.P_UNPIN] = c["unpin_ns"]
     prices[VK.P_PAGE_FLUSH] = c["page_flush_ns"]
     prices[VK.P_CLFLUSH_BYTE] = c["clflush_page_ns"] / PAGE_SIZE
+    prices[VK.P_PREFETCH] = c["spte_prefetch_ns"]
+    prices[VK.P_FAULT_CV] = profile.spread["fault_cv"]
+    prices[VK.P_LOCK_CV] = profile.spread["lock_cv"]
+    rng = np.random.default_rng([seed, 0x5EED])  # the service times' own stream
 
     counters, scal = state.counters, state.scal
     before = counters.copy()
@@ -122,6 +126,9 @@ def run_workload(state: State, strategy: str, level: str, memlock_pages: int,
     hist = np.zeros(edges.shape[0] - 1, dtype=np.int64)
     clocks = np.zeros(nv, dtype=np.float64)
     pos = np.zeros(nv, dtype=np.int64)
+    stage = np.zeros(nv, dtype=np.int64)
+    pending = np.zeros((nv, 4), dtype=np.float64)
+    scratch = np.zeros(7, dtype=np.float64)
     total_accesses = sum(len(s.units) for s in workload.steps if isinstance(s, Phase))
     timeline = np.zeros((TIMELINE_SAMPLES + 2, 2), dtype=np.float64)
     timeline[0] = (0.0, float(scal[PINNED]))
@@ -132,33 +139,26 @@ def run_workload(state: State, strategy: str, level: str, memlock_pages: int,
     facc = np.zeros(VK.N_FACC, dtype=np.float64)
     wbinvd_ns = c["wbinvd_ns"]
 
-    status = K.OK
-    error = None
     ops_done = 0
-    for step_no, step in enumerate(workload.steps, 1):
+    for step in workload.steps:
         barrier = float(clocks.max())
         if isinstance(step, Remap):
             wbinvd0 = counters[K.WBINVD]
-            K.run(state, rules, upages, int(memlock_pages), *_remap_op(step))
+            K.run(state, rules, upages, K.NO_LIMIT, *_remap_op(step))
             barrier += wbinvd_ns * float(counters[K.WBINVD] - wbinvd0)
             clocks.fill(barrier)
             ops_done += 1
             continue
         clocks.fill(barrier)
         done0 = int(acc[VK.A_ACCESSES])
-        status = VK.run_phase(state, rules, upages, int(memlock_pages),
+        status = VK.run_phase(state, rules, upages,
                               np.ascontiguousarray(step.units), step.bounds,
-                              prices, clocks, pos, hist, edges, float(BINS_PER_DECADE),
+                              prices, rng, clocks, pos, stage, pending, scratch, hist, edges,
+                              float(BINS_PER_DECADE),
                               timeline, acc, facc)
         if status == K.ERR_NO_FRAME:
             raise RuntimeError("vCPU model ran out of host frames: frame_capacity() is wrong")
         ops_done += int(acc[VK.A_ACCESSES]) - done0
-        if status == K.ERR_MEMLOCK:
-            ops_done -= 1  # the failing access did not complete
-            error = (f"memory lock limit exceeded at access {int(acc[VK.A_ACCESSES]) - done0} "
-                     f"of step {step_no}: pinning one more page would lock more than the "
-                     f"limit of {memlock_pages} pages")
-            break
 
     faults = int(acc[VK.A_FAULTS])
     npoints = int(acc[VK.A_POINTS])
@@ -168,8 +168,6 @@ def run_workload(state: State, strategy: str, level: str, memlock_pages: int,
     makespan = float(clocks.max())
     delta = counters - before
     return VcpuResult(
-        status=int(status),
-        error=error,
         faults=faults,
         accesses=int(acc[VK.A_ACCESSES]),
         makespan_ns=makespan,

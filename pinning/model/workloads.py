@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from pinning.model.names import LAYOUTS, MAX_VCPUS, PATTERNS, InputError
-from pinning.model.units import unit_pages
+from pinning.model.units import PAGE_SIZE, unit_pages
+
+#: The boot pattern's fixed working set (kernel image, initrd, page tables, firmware):
+#: ASSUMPTION; constant, so it moves only the intercept of boot time against guest size.
+BOOT_WORKING_SET = 256 << 20
+#: sizeof(struct page) on x86-64: the guest's memory map is 64 B per 4 KiB page.
+STRUCT_PAGE_BYTES = 64
 
 
 def touched_units(n_units: int, touch_fraction: float) -> int:
@@ -185,6 +191,9 @@ def access_units(
     if not isinstance(n_units, int | np.integer) or n_units < 0:
         raise InputError(f"n_units {n_units} must be an integer >= 0")
     n_units = int(n_units)
+    if pattern == "boot":
+        raise InputError("the boot pattern depends on the guest's size in pages: "
+                         "boot_units() builds it")
     count = touched_units(n_units, touch_fraction)
     dtype = unit_dtype(n_units)
     if pattern == "sequential":
@@ -349,7 +358,10 @@ def make_workload(
     _check_params(pattern=pattern, **params)
     vcpus = int(vcpus)
     dtype = unit_dtype(n_units)
-    if vcpus == 1:
+    if pattern == "boot":  # one list of what the booting guest touches, in vCPU chunks
+        units = boot_units(guest_pages, unit_pages(level))
+        bounds = np.linspace(0, units.shape[0], vcpus + 1).round().astype(np.int64)
+    elif vcpus == 1:
         units = access_units(pattern, n_units, **params)
         bounds = np.array([0, units.shape[0]], dtype=np.int64)
     elif layout == "slices":
@@ -381,6 +393,23 @@ def make_workload(
     desc = _describe(pattern, vcpus, layout, touch_fraction, remap_fraction, hot_fraction,
                      hot_share, zipf_s, stride)
     return Workload(steps, vcpus, desc)
+
+
+def boot_units(guest_pages: int, upages: int) -> np.ndarray:
+    """The units a guest's own boot touches, ascending, each once (docs/model.md, "boot"):
+    a fixed working set at the bottom of memory (:data:`BOOT_WORKING_SET` bytes, or all
+    of a smaller guest) and the memory map, one 64-byte ``struct page`` per 4 KiB page,
+    in the last ``ceil(guest_pages / 64)`` pages."""
+    n_units = guest_pages // upages
+    working = min(guest_pages, BOOT_WORKING_SET // PAGE_SIZE)
+    memmap = -(-guest_pages // (PAGE_SIZE // STRUCT_PAGE_BYTES))
+    low_end = -(-working // upages)  # units [0, low_end) hold the working set
+    map_start = (guest_pages - memmap) // upages  # units [map_start, n_units) the memmap
+    dtype = unit_dtype(n_units)
+    if map_start <= low_end:
+        return np.arange(n_units, dtype=dtype)
+    return np.concatenate((np.arange(low_end, dtype=dtype),
+                           np.arange(map_start, n_units, dtype=dtype)))
 
 
 def _stream_bytes(pattern: str, n: int, count: int, hot_fraction: float, stride: int,
@@ -425,6 +454,8 @@ def workload_bytes(
     _check_params(pattern=pattern, touch_fraction=touch_fraction, seed=seed,
                   hot_fraction=hot_fraction, hot_share=hot_share, zipf_s=zipf_s, stride=stride)
     isz = np.dtype(unit_dtype(n_units)).itemsize
+    if pattern == "boot":  # at most every unit, built at once
+        return 2 * n_units * isz + 8 * (int(vcpus) + 1) + (1 << 12)
     total = touched_units(n_units, touch_fraction)  # >= the sum over slices
     extra = 8 * (int(vcpus) + 1) + (1 << 12)
     if vcpus == 1:  # the stream is the phase's array

@@ -18,14 +18,29 @@ from pinning.model.jit import inline_kernel, kernel, prefetch
 from pinning.model.names import COUNTERS, TRACE_OPS
 from pinning.model.state import FREE_TOP, NEXT_PFN, PINNED, STALE
 from pinning.model.strategies import (
+    FAULT_MAP,
     FAULT_PIN_PAGES,
+    FAULT_PIN_UNIT,
+    R_FAULT,
+    R_FLUSH,
+    R_MEMLOCK_AT_STARTUP,
+    R_MEMSLOT_WBINVD,
+    R_METADATA_PER_PAGE,
+    R_OLD_PAGE_FLUSH,
+    R_PREFETCH,
+    R_REMAP_WBINVD,
+    R_STARTUP,
+    R_TEARDOWN,
+    R_TEARDOWN_WBINVD,
     STARTUP_PIN_REGION,
     TEARDOWN_REGION,
 )
 
 # Counter indices (names.COUNTERS order).
 NPF_EXITS = COUNTERS.index("npf_exits")
+PREFETCHED_PAGES = COUNTERS.index("prefetched_pages")
 FRAMES_ZEROED = COUNTERS.index("frames_zeroed")
+HOST_FAULTS = COUNTERS.index("host_faults")
 PINS = COUNTERS.index("pins")
 UNPINS = COUNTERS.index("unpins")
 CLFLUSH_BYTES = COUNTERS.index("clflush_bytes")
@@ -37,14 +52,6 @@ PINNED_PAGES_PEAK = COUNTERS.index("pinned_pages_peak")
 PINNED_PAGES_END = COUNTERS.index("pinned_pages_end")
 METADATA_BYTES = COUNTERS.index("metadata_bytes")
 LEAKED_REFS = COUNTERS.index("leaked_refs")
-
-# Indices into ``rules`` (Strategy.rules()).
-R_STARTUP = 0
-R_FAULT = 1
-R_TEARDOWN = 2
-R_REMAP_WBINVD = 3
-R_FAULT_LOCK = 4
-N_RULES = 5
 
 # Operations the engine runs. A trace holds OP_ACCESS and OP_REMAP (names.TRACE_OPS);
 # the others let one operation stand for a whole pattern or a phase.
@@ -69,8 +76,11 @@ PREFETCH_DISTANCE = 16
 # order, and live in local variables inside each kernel: counters kept in an array that
 # LLVM cannot prove distinct from the big int64 arrays are reloaded and stored around
 # every page (5x slower measured).
-(G_NPF, G_ZEROED, G_PINS, G_UNPINS, G_CLFLUSH, G_PAGE_FLUSHES, G_WBINVD, G_STALE_PEAK,
- G_HAZARDS, G_PINNED_PEAK, G_METADATA, G_PINNED, G_STALE, G_NEXT_PFN, G_FREE_TOP) = range(15)
+(G_NPF, G_PREFETCHED, G_ZEROED, G_HOST_FAULTS, G_PINS, G_UNPINS, G_CLFLUSH, G_PAGE_FLUSHES,
+ G_WBINVD, G_STALE_PEAK, G_HAZARDS, G_PINNED_PEAK, G_METADATA, G_PINNED, G_STALE, G_NEXT_PFN,
+ G_FREE_TOP) = range(17)
+#: pages in the shadow MMU's prefetch window (PTE_PREFETCH_NUM, arch/x86/kvm/mmu/mmu.c)
+PTE_PREFETCH_NUM = 8
 
 
 @kernel
@@ -78,21 +88,23 @@ def load_regs(st):
     """The run's registers from the state's counters and scalars."""
     c = st.counters
     s = st.scal
-    return (c[NPF_EXITS], c[FRAMES_ZEROED], c[PINS], c[UNPINS], c[CLFLUSH_BYTES],
-            c[PAGE_FLUSHES], c[WBINVD], c[STALE_PINS_PEAK], c[UNPINNED_MAPPED_HAZARDS],
-            c[PINNED_PAGES_PEAK], c[METADATA_BYTES], s[PINNED], s[STALE], s[NEXT_PFN],
-            s[FREE_TOP])
+    return (c[NPF_EXITS], c[PREFETCHED_PAGES], c[FRAMES_ZEROED], c[HOST_FAULTS], c[PINS],
+            c[UNPINS], c[CLFLUSH_BYTES], c[PAGE_FLUSHES], c[WBINVD], c[STALE_PINS_PEAK],
+            c[UNPINNED_MAPPED_HAZARDS], c[PINNED_PAGES_PEAK], c[METADATA_BYTES], s[PINNED],
+            s[STALE], s[NEXT_PFN], s[FREE_TOP])
 
 
 @kernel
 def store_regs(st, regs):
     """Write the registers back into the state's counters and scalars."""
-    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
-     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
     c = st.counters
     s = st.scal
     c[NPF_EXITS] = npf
+    c[PREFETCHED_PAGES] = prefetched
     c[FRAMES_ZEROED] = zeroed
+    c[HOST_FAULTS] = host_faults
     c[PINS] = pins
     c[UNPINS] = unpins
     c[CLFLUSH_BYTES] = clflush
@@ -180,102 +192,203 @@ def unpin_frame(frame_ref, frame_pin, free_list, pfn, free_top):
 
 
 @kernel
-def startup_pin_region(st, memlock_pages, regs):
-    """Upfront: register the whole guest as an encrypted region and pin it.
+def startup_pin_region(st, rules, unit_pages, memlock_pages, regs):
+    """Upfront (``sev_pin_memory``): register the whole guest as an encrypted region and
+    pin every page, faulting each unit in as one host page; flush unless coherent.
 
     Checked before anything is allocated or populated: a refused VM never runs.
     """
-    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
-     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
     guest_pages = st.host_map.shape[0]
     if memlock_pages >= 0 and guest_pages > memlock_pages:
         return ERR_MEMLOCK, regs
     status = OK
-    metadata += 8 * guest_pages
-    for gfn in range(guest_pages):
-        pfn, next_pfn, free_top, z = populate(st.host_map, st.frame_ref, st.free_list, gfn,
-                                              next_pfn, free_top)
-        if pfn == 0:
-            status = ERR_NO_FRAME
+    metadata += rules[R_METADATA_PER_PAGE] * guest_pages
+    for first in range(0, guest_pages, unit_pages):
+        new = 0
+        for gfn in range(first, first + unit_pages):
+            pfn, next_pfn, free_top, z = populate(st.host_map, st.frame_ref, st.free_list,
+                                                  gfn, next_pfn, free_top)
+            if pfn == 0:
+                status = ERR_NO_FRAME
+                break
+            new += z
+            st.region_pages[gfn] = pfn
+            pin_frame(st.frame_ref, st.frame_pin, pfn)
+        if status != OK:
             break
-        zeroed += z
-        st.region_pages[gfn] = pfn
-        pin_frame(st.frame_ref, st.frame_pin, pfn)
+        zeroed += new
+        if new > 0:
+            host_faults += 1
     pins += guest_pages
     pinned += guest_pages
     pinned_peak = max(pinned_peak, pinned)
-    clflush += guest_pages * PAGE_SIZE
-    return status, (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak,
-                    hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+    if rules[R_FLUSH] != 0:
+        clflush += guest_pages * PAGE_SIZE
+    return status, (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes,
+                    wbinvd, stale_peak, hazards, pinned_peak, metadata, pinned, stale,
+                    next_pfn, free_top)
 
 
 @kernel
-def startup_memslot(st, regs):
-    """Demand: account the memslot's pinned bitmap and pfn array (nothing is pinned)."""
-    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
-     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
-    metadata += 8 * st.pfns.shape[0] + 8 * st.pinned_bitmap.shape[0]
-    return OK, (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak,
-                hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+def startup_memslot(st, rules, memlock_pages, regs):
+    """Demand: allocate the memslot's pinned bitmap and pfn array; nothing is pinned.
+
+    RFC v2 checks the memory-lock limit here, at region registration; RFC v1 never does.
+    """
+    (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    guest_pages = st.host_map.shape[0]
+    if rules[R_MEMLOCK_AT_STARTUP] != 0 and memlock_pages >= 0 and guest_pages > memlock_pages:
+        return ERR_MEMLOCK, regs
+    metadata += rules[R_METADATA_PER_PAGE] * guest_pages
+    return OK, (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes,
+                wbinvd, stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn,
+                free_top)
 
 
 # ---- the nested page fault -------------------------------------------------------------
 
 
+@kernel
+def map_run(st, start, end):
+    """The shadow MMU maps pages ``start..end-1`` of a prefetch run up to the first one the
+    VMM has no frame for (``gfn_to_page_many_atomic``: a run reaching past the memslot's
+    end maps nothing); (pages mapped, hazards)."""
+    mapped = 0
+    hazards = 0
+    if end > st.host_map.shape[0]:
+        return mapped, hazards
+    for gfn in range(start, end):
+        if st.host_map[gfn] == 0:
+            break
+        st.nested[gfn] = 1
+        mapped += 1
+        if st.frame_pin[st.host_map[gfn]] == 0:
+            hazards += 1
+    return mapped, hazards
+
+
+@kernel
+def prefetch_neighbours(st, gfn):
+    """``__direct_pte_prefetch`` after a 4 KiB fault on ``gfn``: in the 8-aligned window,
+    each run of unmapped pages is mapped up to the first page without a host frame; a run
+    that maps nothing ends the prefetch. Returns (pages mapped, hazards among them)."""
+    block = gfn - (gfn & (PTE_PREFETCH_NUM - 1))
+    guest_pages = st.host_map.shape[0]
+    start = -1
+    total = 0
+    hazards = 0
+    for gfn_j in range(block, block + PTE_PREFETCH_NUM):
+        present = gfn_j == gfn or (gfn_j < guest_pages and st.nested[gfn_j] != 0)
+        if present:
+            if start >= 0:
+                mapped, h = map_run(st, start, gfn_j)
+                total += mapped
+                hazards += h
+                if mapped == 0:
+                    return total, hazards
+                start = -1
+        elif start < 0:
+            start = gfn_j
+    if start >= 0:
+        mapped, h = map_run(st, start, block + PTE_PREFETCH_NUM)
+        total += mapped
+        hazards += h
+    return total, hazards
+
+
 @inline_kernel
-def fault(st, rules, unit, unit_pages, memlock_pages, regs):
-    """A nested page fault on ``unit``: back every page of it, then the strategy's fault
-    kernel; installs the nested mapping unless the fault fails. Returns (status, regs)."""
-    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
-     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+def fault(st, rules, unit, unit_pages, regs):
+    """A nested page fault on ``unit``: back every page of it, run the strategy's fault
+    kernel, install the nested mapping and (shadow MMU, 4k) prefetch neighbours.
+
+    Returns (status, regs): ``OK``, or ``ERR_NO_FRAME`` if the state has too few host
+    frames (a sizing bug). No fault checks the memory-lock limit: the strategies check
+    it at registration, or never (docs/model.md).
+    """
+    (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
     npf += 1
     first = unit * unit_pages
     end = first + unit_pages
     status = OK
+    new = 0
     for gfn in range(first, end):
         pfn, next_pfn, free_top, z = populate(st.host_map, st.frame_ref, st.free_list, gfn,
                                               next_pfn, free_top)
         if pfn == 0:
             status = ERR_NO_FRAME
             break
-        zeroed += z
-    if status == OK:
-        if rules[R_FAULT] == FAULT_PIN_PAGES:
-            for gfn in range(first, end):
-                pfn = st.host_map[gfn]
-                if test_bit(st.pinned_bitmap, gfn):
-                    old = st.pfns[gfn]
-                    if old == pfn:
-                        continue
-                    # The VMM remapped this gfn: VM_PAGE_FLUSH the old page before
-                    # dropping its pin (the review's point).
-                    page_flushes += 1
-                    free_top = unpin_frame(st.frame_ref, st.frame_pin, st.free_list, old,
-                                           free_top)
-                    unpins += 1
-                    pinned -= 1
-                    stale -= 1
-                    clear_bit(st.pinned_bitmap, gfn)
-                    st.pfns[gfn] = 0
-                if memlock_pages >= 0 and pinned >= memlock_pages:
-                    status = ERR_MEMLOCK
-                    break
-                set_bit(st.pinned_bitmap, gfn)
-                st.pfns[gfn] = pfn
-                pin_frame(st.frame_ref, st.frame_pin, pfn)
-                pins += 1
-                pinned += 1
-                pinned_peak = max(pinned_peak, pinned)
-            if status == OK:
+        new += z
+    zeroed += new
+    if new > 0:
+        host_faults += 1
+    kind = rules[R_FAULT]
+    if status == OK and kind == FAULT_PIN_PAGES:
+        # RFC v1, sev_pin_spte: a reference on each 4 KiB page; a replaced one is put
+        # without a flush; then the whole unit is flushed, unconditionally.
+        for gfn in range(first, end):
+            pfn = st.host_map[gfn]
+            if test_bit(st.pinned_bitmap, gfn):
+                old = st.pfns[gfn]
+                if old == pfn:
+                    continue
+                free_top = unpin_frame(st.frame_ref, st.frame_pin, st.free_list, old,
+                                       free_top)
+                unpins += 1
+                pinned -= 1
+                stale -= 1
+                clear_bit(st.pinned_bitmap, gfn)
+                st.pfns[gfn] = 0
+            set_bit(st.pinned_bitmap, gfn)
+            st.pfns[gfn] = pfn
+            pin_frame(st.frame_ref, st.frame_pin, pfn)
+            pins += 1
+            pinned += 1
+            pinned_peak = max(pinned_peak, pinned)
+        if rules[R_FLUSH] != 0:
+            clflush += unit_pages * PAGE_SIZE
+    elif status == OK and kind == FAULT_PIN_UNIT:
+        # RFC v2: hva_to_pfn's own long-term pin, then sev_pin_pfn under slots_arch_lock.
+        pfn = st.host_map[first]
+        pins += 1
+        if not (test_bit(st.pinned_bitmap, first) and st.pfns[first] == pfn):
+            if test_bit(st.pinned_bitmap, first):
+                # The VMM remapped the unit: flush the old page (VM_PAGE_FLUSH unless
+                # coherent), then drop its pin.
+                if rules[R_OLD_PAGE_FLUSH] != 0:
+                    page_flushes += unit_pages
+                free_top = unpin_frame(st.frame_ref, st.frame_pin, st.free_list,
+                                       st.pfns[first], free_top)
+                unpins += 1
+                pinned -= unit_pages
+                stale -= 1
+                clear_bit(st.pinned_bitmap, first)
+                st.pfns[first] = 0
+            set_bit(st.pinned_bitmap, first)
+            st.pfns[first] = pfn
+            pin_frame(st.frame_ref, st.frame_pin, pfn)
+            pins += 1
+            pinned += unit_pages
+            pinned_peak = max(pinned_peak, pinned)
+            if rules[R_FLUSH] != 0:
                 clflush += unit_pages * PAGE_SIZE
-        else:
-            for gfn in range(first, end):
-                if st.frame_pin[st.host_map[gfn]] == 0:
-                    hazards += 1
-        if status == OK:
-            st.nested[unit] = 1
-    return status, (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak,
-                    hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+        unpins += 1  # kvm_release_pfn_clean: the fault path's own pin
+    elif status == OK:
+        for gfn in range(first, end):
+            if st.frame_pin[st.host_map[gfn]] == 0:
+                hazards += 1
+    if status == OK:
+        st.nested[unit] = 1
+        if rules[R_PREFETCH] != 0:
+            more, h = prefetch_neighbours(st, first)
+            prefetched += more
+            hazards += h
+    return status, (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes,
+                    wbinvd, stale_peak, hazards, pinned_peak, metadata, pinned, stale,
+                    next_pfn, free_top)
 
 
 @inline_kernel
@@ -292,11 +405,11 @@ def prefetch_ahead(st, rules, units, i, end, unit_pages):
         unit = np.int64(units[far])
         prefetch(st.nested, unit)
         prefetch(st.host_map, unit * unit_pages)
-        if rules[R_FAULT] == FAULT_PIN_PAGES:
+        if rules[R_FAULT] != FAULT_MAP:
             prefetch(st.pfns, unit * unit_pages)
             prefetch(st.pinned_bitmap, (unit * unit_pages) >> 6)
     near = i + PREFETCH_DISTANCE
-    if near < end and rules[R_FAULT] != FAULT_PIN_PAGES:
+    if near < end and rules[R_FAULT] == FAULT_MAP:
         pfn = st.host_map[np.int64(units[near]) * unit_pages]
         if pfn != 0:
             prefetch(st.frame_pin, pfn)
@@ -308,8 +421,8 @@ def prefetch_ahead(st, rules, units, i, end, unit_pages):
 @kernel
 def remap(st, rules, unit_pages, gfn0, npages, regs):
     """The VMM unmaps and maps again ``[gfn0, gfn0 + npages)``, widened to whole units."""
-    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
-     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
     first_unit = gfn0 // unit_pages
     end_unit = (gfn0 + npages + unit_pages - 1) // unit_pages
     for gfn in range(first_unit * unit_pages, end_unit * unit_pages):
@@ -323,18 +436,21 @@ def remap(st, rules, unit_pages, gfn0, npages, regs):
         free_top = put_frame(st.frame_ref, st.free_list, pfn, free_top)
     for unit in range(first_unit, end_unit):
         st.nested[unit] = 0
-    # Upstream KVM flushes all caches on every invalidation of SEV guest memory.
+    # From 5.18 KVM writes back all caches on every invalidation of an SEV guest's memory
+    # that overlaps a memslot (sev_guest_memory_reclaimed).
     wbinvd += rules[R_REMAP_WBINVD]
-    return (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
-            pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+    return (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+            stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top)
 
 
 @kernel
-def teardown(st, rules, regs):
-    """VM destroy: WBINVD, drop every pin KVM holds (page array or bitmap walk), unmap."""
-    (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
-     pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
-    wbinvd += 1
+def teardown(st, rules, unit_pages, regs):
+    """VM destroy: the notifier's release and sev_vm_destroy write back the caches (by
+    kernel version), every pin KVM holds is dropped (page array, or bitmap walk after the
+    memslot's own flush), all nested mappings go."""
+    (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+    wbinvd += rules[R_TEARDOWN_WBINVD]
     if rules[R_TEARDOWN] == TEARDOWN_REGION:
         region = st.region_pages
         for gfn in range(region.shape[0]):
@@ -348,6 +464,8 @@ def teardown(st, rules, regs):
             pinned -= 1
             region[gfn] = 0
     else:
+        wbinvd += rules[R_MEMSLOT_WBINVD]
+        held = unit_pages if rules[R_FAULT] == FAULT_PIN_UNIT else 1
         bitmap = st.pinned_bitmap
         for word in range(bitmap.shape[0]):
             if bitmap[word] == 0:
@@ -360,13 +478,13 @@ def teardown(st, rules, regs):
                     stale -= 1
                 free_top = unpin_frame(st.frame_ref, st.frame_pin, st.free_list, pfn, free_top)
                 unpins += 1
-                pinned -= 1
+                pinned -= held
                 st.pfns[gfn] = 0
             bitmap[word] = 0
     for unit in range(st.nested.shape[0]):
         st.nested[unit] = 0
-    return (npf, zeroed, pins, unpins, clflush, page_flushes, wbinvd, stale_peak, hazards,
-            pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+    return (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+            stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top)
 
 
 # ---- the engine ---------------------------------------------------------------------
@@ -387,13 +505,13 @@ def run(st, rules, unit_pages, memlock_pages, ops, gfns, npages, units):
         op = ops[i]
         if op == OP_STARTUP:
             if rules[R_STARTUP] == STARTUP_PIN_REGION:
-                status, regs = startup_pin_region(st, memlock_pages, regs)
+                status, regs = startup_pin_region(st, rules, unit_pages, memlock_pages, regs)
             else:
-                status, regs = startup_memslot(st, regs)
+                status, regs = startup_memslot(st, rules, memlock_pages, regs)
             if status != OK:
                 break
         elif op == OP_TEARDOWN:
-            regs = teardown(st, rules, regs)
+            regs = teardown(st, rules, unit_pages, regs)
         elif op == OP_REMAP:
             regs = remap(st, rules, unit_pages, gfns[i], npages[i], regs)
         else:
@@ -408,7 +526,7 @@ def run(st, rules, unit_pages, memlock_pages, ops, gfns, npages, units):
                     prefetch_ahead(st, rules, units, gfns[i] + k, gfns[i] + count, unit_pages)
                 if st.nested[unit] != 0:
                     continue
-                status, regs = fault(st, rules, unit, unit_pages, memlock_pages, regs)
+                status, regs = fault(st, rules, unit, unit_pages, regs)
                 if status != OK:
                     break
             if status != OK:
