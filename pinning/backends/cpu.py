@@ -1,15 +1,20 @@
 """Numba kernels that run this machine's own memory operations: the streaming-write and
 random-update rates, the guest's real first touches (backing "real"), and for
-:mod:`pinning.harness.calibrate` touching present pages, dirtying lines, flushing pages.
+:mod:`pinning.harness.calibrate` touching present pages, dirtying lines, flushing pages,
+timing single first-touch faults with the TSC, and reading CPUID.
 
-The cache-flush kernels call LLVM's x86 intrinsics (CLFLUSH, CLFLUSHOPT, MFENCE)
-through :func:`numba.extending.intrinsic`. Without the JIT
-(``NUMBA_DISABLE_JIT=1``) the kernels run as Python and the flush helpers are
-no-ops: :data:`CAN_FLUSH` is then False and the caller must not report a
-flush cost.
+The cache-flush kernels call LLVM's x86 intrinsics (CLFLUSH, CLFLUSHOPT, MFENCE),
+:func:`readcyclecounter` LLVM's ``llvm.readcyclecounter`` (RDTSC on x86) and
+:func:`cpuid` an x86 ``cpuid`` in LLVM inline assembly, each through
+:func:`numba.extending.intrinsic`. Without the JIT (``NUMBA_DISABLE_JIT=1``) the
+kernels run as Python and these helpers are no-ops returning None: :data:`CAN_FLUSH`
+and :data:`CAN_READ_TSC` are then False and the caller must not report what needs them
+(:func:`cpuid_regs` returns None).
 """
 
 from __future__ import annotations
+
+import platform
 
 import numba
 
@@ -23,6 +28,10 @@ LINES_PER_PAGE = PAGE_SIZE // LINE_SIZE
 
 #: True when the flush kernels really execute CLFLUSH/CLFLUSHOPT (the JIT is on).
 CAN_FLUSH = not numba.config.DISABLE_JIT
+#: True when :func:`readcyclecounter` really reads the cycle counter (the JIT is on).
+CAN_READ_TSC = not numba.config.DISABLE_JIT
+#: True when :func:`cpuid_regs` really executes CPUID (the JIT is on, and this is x86-64).
+CAN_CPUID = not numba.config.DISABLE_JIT and platform.machine() in ("x86_64", "AMD64")
 
 
 def _line_pointer(context, builder, signature, args):
@@ -66,6 +75,33 @@ def _mfence_codegen(context, builder, signature, args):
     return context.get_dummy_value()
 
 
+def _readcyclecounter_codegen(context, builder, signature, args):
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    fnty = ir.FunctionType(ir.IntType(64), [])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.readcyclecounter")
+    return builder.call(fn, [])
+
+
+def _cpuid_codegen(context, builder, signature, args):
+    from llvmlite import binding, ir
+
+    # LLVM emits inline assembly through its assembly parser, which Numba does not
+    # initialise (without it LLVM aborts: "Inline asm not supported by this streamer").
+    binding.initialize_native_asmparser()
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.LiteralStructType([i32] * 4), [i32, i32])
+    # EAX = leaf, ECX = subleaf in; EAX, EBX, ECX, EDX out (LLVM saves RBX around it).
+    asm = ir.InlineAsm(fnty, "cpuid", "={eax},={ebx},={ecx},={edx},{eax},{ecx}",
+                       side_effect=True)
+    u32 = numba.core.types.uint32
+    regs = builder.call(asm, [context.cast(builder, value, ty, u32)
+                              for value, ty in zip(args, signature.args, strict=True)])
+    return context.make_tuple(builder, signature.return_type,
+                              [builder.extract_value(regs, i) for i in range(4)])
+
+
 if numba.config.DISABLE_JIT:
 
     def clflush(arr, index) -> None:
@@ -76,6 +112,14 @@ if numba.config.DISABLE_JIT:
 
     def mfence() -> None:
         """Full memory fence (no-op without the JIT)."""
+
+    def readcyclecounter() -> None:
+        """The CPU's cycle counter (None without the JIT: Python cannot read it)."""
+        return None
+
+    def cpuid(leaf, subleaf) -> None:
+        """CPUID's (EAX, EBX, ECX, EDX) (None without the JIT: Python cannot execute it)."""
+        return None
 
 else:
 
@@ -97,6 +141,24 @@ else:
     def mfence(typingctx):
         """MFENCE (LLVM ``llvm.x86.sse2.mfence``): orders the flushes around it."""
         return numba.core.types.void(), _mfence_codegen
+
+    @numba.extending.intrinsic
+    def readcyclecounter(typingctx):
+        """The CPU's cycle counter as int64 (LLVM ``llvm.readcyclecounter``: RDTSC on x86).
+
+        RDTSC is not serialising; a page fault between two reads is, so the cycles of one
+        faulting store are bracketed exactly.
+        """
+        return numba.core.types.int64(), _readcyclecounter_codegen
+
+    @numba.extending.intrinsic
+    def cpuid(typingctx, leaf, subleaf):
+        """CPUID of ``leaf``/``subleaf``: (EAX, EBX, ECX, EDX) as uint32 (LLVM inline asm).
+
+        x86 only: only call it where :data:`CAN_CPUID` is True.
+        """
+        u32 = numba.core.types.uint32
+        return numba.core.types.UniTuple(u32, 4)(leaf, subleaf), _cpuid_codegen
 
 
 @kernel
@@ -136,6 +198,35 @@ def flush_pages_clflushopt(a, start, stop):
         for i in range(page, page + WORDS_PER_PAGE, WORDS_PER_LINE):
             clflushopt(a, i)
         mfence()
+
+
+@kernel
+def fault_cycles(a, cycles):
+    """Write one word to each of the first ``cycles.shape[0]`` 4 KiB pages of ``a`` (int64,
+    fresh: each write is a first-touch page fault), one by one, ``cycles[i]`` the cycle
+    count of page i's write; returns the cycle count of the whole loop (to convert to ns).
+
+    ``cycles`` must be populated beforehand, or its own faults are timed too.
+    """
+    start = readcyclecounter()
+    for i in range(cycles.shape[0]):
+        t0 = readcyclecounter()
+        a[i * WORDS_PER_PAGE] = 1
+        cycles[i] = readcyclecounter() - t0
+    return readcyclecounter() - start
+
+
+def cpuid_regs(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int] | None:
+    """(EAX, EBX, ECX, EDX) of CPUID ``leaf``/``subleaf``; None where it cannot run (the
+    JIT is off, or this is not x86-64: see :data:`CAN_CPUID`)."""
+    if not CAN_CPUID:
+        return None
+    return tuple(int(r) for r in _cpuid_kernel(leaf, subleaf))
+
+
+@kernel
+def _cpuid_kernel(leaf, subleaf):
+    return cpuid(leaf, subleaf)
 
 
 @kernel
