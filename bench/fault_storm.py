@@ -3,8 +3,7 @@
 unit is a nested page fault (demand pins there, under the per-VM lock).
 
 Example: python bench/fault_storm.py --strategy demand --guest-size 4GiB --level 4k -o out.json
-Options: pinbench's (--strategy, --guest-size, --level, --vcpus, --pattern, --layout,
---touch-fraction, --seed, --backing, --remap-fraction, --cost-profile) and pyperf's own.
+Options: pinbench's (one per BenchConfig field, and --cost-profile) and pyperf's own.
 """
 
 from pinning.harness.bench import main

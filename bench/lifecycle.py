@@ -2,8 +2,7 @@
 """pyperf benchmark. Lifecycle: startup, fault storm and teardown in a row.
 
 Example: python bench/lifecycle.py --strategy demand --guest-size 4GiB --level 4k -o out.json
-Options: pinbench's (--strategy, --guest-size, --level, --vcpus, --pattern, --layout,
---touch-fraction, --seed, --backing, --remap-fraction, --cost-profile) and pyperf's own.
+Options: pinbench's (one per BenchConfig field, and --cost-profile) and pyperf's own.
 """
 
 from pinning.harness.bench import main

@@ -118,18 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     cal = sub.add_parser(
         "calibrate", help="measure this machine's costs and write a cost profile",
-        description="Measure the costs this machine lets pinbench measure (frame populate, "
-        "mlock/munlock, CLFLUSH of a dirty page, present-page touch, metadata zeroing, and "
-        "with /dev/kvm the nested-fault round trip of a real guest) and write a cost "
-        "profile that `run --cost-profile` and `report --profile` accept; keys that cannot "
-        "be measured here (VM_PAGE_FLUSH, WBINVD, the per-VM lock) are carried over from the "
-        "default profile and marked so.")
+        description="Measure the costs this machine lets pinbench measure (a host fault and "
+        "zeroing per byte, from 4 KiB and THP populates; mlock/munlock; CLFLUSH of a dirty "
+        "page; present-page touch; the spread of single-fault latencies; and with /dev/kvm "
+        "a real guest's nested-fault exit and the shadow MMU's prefetch), detect the host "
+        "(SME_COHERENT, THP mode, KVM's MMU, kernel) and write a cost profile that `run "
+        "--cost-profile` and `report --profile` accept; keys that cannot be measured here "
+        "(VM_PAGE_FLUSH, WBINVD, the per-VM lock) are carried over from the default profile "
+        "and marked so.")
     cal.add_argument("-o", "--output", default=None, metavar="PROFILE.toml",
                      help="profile to write (default results/calibrated-<host>.toml)")
     cal.add_argument("--quick", action="store_true",
                      help="small buffers and few repetitions (seconds, less precise)")
     cal.add_argument("--no-kvm", action="store_true",
-                     help="do not run a KVM guest (npf_exit_ns carried over)")
+                     help="do not run a KVM guest (npf_exit_ns, spte_prefetch_ns carried "
+                     "over)")
     cal.add_argument("--force", action="store_true", help="overwrite an existing profile")
     cal.set_defaults(func=cmd_calibrate)
 
@@ -276,11 +279,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     res = runner.run(config, profile, workload)
     out = {"strategy": config.strategy, "level": config.level,
            "guest_pages": config.guest_pages, "backing": backing, "vcpus": res.config.vcpus,
+           "kernel": config.kernel, "sme_coherent": config.sme_coherent, "mmu": config.mmu,
            **res.counters(), "error": res.error, "elapsed_ns": dict(res.elapsed_ns),
            "modelled_ns": {**res.model_ns, "total": res.total_model_ns},
            "cost_profile": profile.name}
-    if backing != "sim":
+    if backing != "sim":  # real memory or a real VM: its phases are measurements
         out["host"] = config.host
+        out["measured_ns"] = {**res.elapsed_ns, "total": sum(res.elapsed_ns.values())}
     if res.backing:
         out["kvm"] = res.backing
     print(json.dumps(out) if args.json else simulation_text(out))

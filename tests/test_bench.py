@@ -23,6 +23,7 @@ SMOKE_ARGS = {
     "teardown.py": [*TINY, "--strategy", "demand", "--touch-fraction", "0.5"],
     "lifecycle.py": [*TINY, "--strategy", "demand", "--pattern", "random",
                      "--layout", "shared", "--vcpus", "2"],
+    "boot.py": [*TINY, "--strategy", "demand-v2", "--level", "2m"],
     # tests/test_qemu.py runs it end to end where QEMU is installed
     "qemu_peer.py": ["--sizes", "64MiB", "--values", "1", "--loops", "1", "--skip-missing"],
     "populate_vs_qemu.py": ["--sizes", "64MiB", "--repeat", "1"],
@@ -82,7 +83,12 @@ def test_pyperf_script_records_parameters_events_and_model(tmp_path, script):
     family = script.removesuffix(".py")
     assert bench.get_name().startswith(f"{family}/")
     assert md["param.workload"] == family and md["param.guest_size"] == 8 << 20
-    assert md["pinbench.schema"] == 1
+    from pinning.model.names import SCHEMA_VERSION
+
+    assert md["pinbench.schema"] == SCHEMA_VERSION == 2
+    # the host the model ran on is a parameter of the run, with its default
+    assert (md["param.kernel"], md["param.sme_coherent"], md["param.mmu"]) == (
+        "5.17", "yes", "tdp")
     # the run's events were recorded by the workers, identical in every run
     from pinning.model.lifecycle import RUN_PHASES
 

@@ -15,8 +15,11 @@ def test_builtin_suites_parse_and_quick_covers_what_it_promises():
     quick = load_suite("quick")
     b = quick.benchmarks
     assert {c.workload for c in b} == {"startup", "fault_storm", "remap", "teardown",
-                                      "lifecycle"}
-    assert {c.strategy for c in b} == {"upfront", "demand"}
+                                      "lifecycle", "boot"}
+    assert {c.strategy for c in b} == {"upfront", "demand", "demand-v2"}
+    # the published boots' sizes, each strategy booting its guest (the boot pattern)
+    boots = [c for c in b if c.workload == "boot"]
+    assert {c.pattern for c in boots} == {"boot"} and len({c.guest_size for c in boots}) >= 3
     assert len({c.guest_size for c in b if c.workload == "startup"}) >= 3
     assert len({c.guest_size for c in b if c.workload == "lifecycle"}) >= 3
     assert {"4k", "2m"} <= {c.level for c in b}
@@ -64,10 +67,22 @@ def test_startup_name_and_argv_round_trip():
         ("[suite]\nspeed = 1\n", "t.toml: [suite] unknown key 'speed' (allowed: cost_profile"),
         ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\ncolour=1\n",
          "t.toml: [[benchmark]] #1: unknown key 'colour' (allowed: backing, guest_size"),
-        ("[[benchmark]]\nworkload='boot'\nstrategy='demand'\nguest_size='1GiB'\n",
-         "workload 'boot' is not one of startup, fault_storm, remap, teardown, lifecycle"),
+        ("[[benchmark]]\nworkload='reboot'\nstrategy='demand'\nguest_size='1GiB'\n",
+         "workload 'reboot' is not one of startup, fault_storm, remap, teardown, lifecycle, "
+         "boot"),
         ("[[benchmark]]\nworkload='startup'\nstrategy='lazy'\nguest_size='1GiB'\n",
-         "strategy 'lazy' is not one of upfront, demand"),
+         "strategy 'lazy' is not one of upfront, demand, demand-v2"),
+        ("[[benchmark]]\nworkload='boot'\nstrategy='demand'\nguest_size='1GiB'\n"
+         "pattern='random'\n", "the boot family runs the boot pattern only (got pattern "
+         "'random')"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\n"
+         "kernel='5.4'\n", "kernel '5.4' is not a version the model knows"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\n"
+         "kernel=6.17\n", 'kernel must be a version string like "6.10", got 6.17'),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\n"
+         "mmu='ept'\n", "mmu 'ept' is not one of tdp, shadow"),
+        ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\n"
+         "sme_coherent='maybe'\n", "sme_coherent 'maybe' is not one of yes, no"),
         ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\nlevel='3m'\n",
          "level '3m' is not one of 4k, 2m, 1g"),
         ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\nvcpus=65\n",

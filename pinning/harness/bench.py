@@ -14,7 +14,7 @@ from typing import Any
 from pinning import __version__
 from pinning.harness.backings import Backing, preflight
 from pinning.harness.options import add_config_options, config_from_args
-from pinning.model.config import BenchConfig, flag, option_fields, to_text
+from pinning.model.config import BenchConfig, family_defaults, flag, option_fields, to_text
 from pinning.model.names import MEASURED_PHASES, SCHEMA_VERSION, InputError
 from pinning.model.units import format_size
 
@@ -22,10 +22,10 @@ from pinning.model.units import format_size
 EXTRA_OPTIONS = ("cost_profile", "suite")
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
-    """The pinbench options of a bench script (pyperf's own stay as they are)."""
+def add_options(parser: argparse.ArgumentParser, family: str) -> None:
+    """The pinbench options of ``family``'s bench script (pyperf's own stay as they are)."""
     g = parser.add_argument_group("pinbench")
-    add_config_options(g, parse=False)
+    add_config_options(g, parse=False, defaults=family_defaults(family))
     g.add_argument("--cost-profile", default=None, help="cost profile TOML (default: builtin)")
     g.add_argument("--suite", default="adhoc", help="suite name recorded in the metadata")
 
@@ -91,7 +91,7 @@ def main(family: str) -> None:
     import pyperf
 
     runner = pyperf.Runner(add_cmdline_args=forward_options)
-    add_options(runner.argparser)
+    add_options(runner.argparser, family)
     args = runner.parse_args()
     try:
         config = config_from_args(family, args)

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from pinning.harness.backings import validate
-from pinning.model.config import BenchConfig, parse_value
+from pinning.model.config import BenchConfig, family_defaults, parse_value
 from pinning.model.names import InputError
 
 
@@ -109,7 +109,7 @@ def _expand(table: dict, where: str) -> list[BenchConfig]:
     for combo in itertools.product(*lists):
         try:
             kw = {k: parse_value(k, v) for k, v in zip(keys, combo, strict=True)}
-            config = BenchConfig(**kw)
+            config = BenchConfig(**{**family_defaults(kw["workload"]), **kw})
             validate(config)
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
