@@ -350,11 +350,22 @@ def test_refuses_different_suites(tmp_path: Path) -> None:
     assert str(base) in msg and str(head) in msg and "'quick'" in msg and "'full'" in msg
 
 
-def test_refuses_other_schema_version(tmp_path: Path) -> None:
+def test_other_schema_compares_measured_and_lists_one_modelled_change(tmp_path: Path) -> None:
     base, head = pair(tmp_path, draw(1, 3, 3), draw(2, 3, 3),
                       head_md=metadata(**{"pinbench.schema": 2}))
+    c = compare_files(base, head)
+    assert c.rows["ratio"].notna().all()  # measured: compared
+    assert c.model_changes[["key", "base", "head"]].values.tolist() == [
+        ["pinbench.schema", "1", "2"]]
+    assert any("counting rules differ" in n for n in c.notes)
+    assert c.exit_status(fail_on_model_change=True) == 1
+
+
+def test_refuses_unknown_schema_version(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, draw(1, 3, 3), draw(2, 3, 3),
+                      head_md=metadata(**{"pinbench.schema": 99}))
     msg = refused(base, head)
-    assert str(head) in msg and "schema version 2" in msg
+    assert str(head) in msg and "schema version 99" in msg
 
 
 def test_refuses_no_common_benchmark(tmp_path: Path) -> None:

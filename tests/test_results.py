@@ -209,7 +209,7 @@ def test_not_pinbench_and_other_schema(tmp_path: Path) -> None:
         load_results(plain)
     assert "\n" not in str(err.value)
     newer = write_suite(tmp_path / "newer.json", [
-        ("startup/upfront/4GiB/4k", [1.0], pinbench_metadata(**{"pinbench.schema": 2}))])
-    with pytest.raises(InputError, match=r"newer\.json: results schema version 2 .*reads "
-                                         r"schema 1"):
+        ("startup/upfront/4GiB/4k", [1.0], pinbench_metadata(**{"pinbench.schema": 3}))])
+    with pytest.raises(InputError, match=r"newer\.json: results schema version 3 .*reads "
+                                         r"schemas 1, 2"):
         read_suite(newer)

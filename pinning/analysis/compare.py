@@ -332,7 +332,8 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
     Mann-Whitney p < ``alpha``) and its ratio of medians exceeds 1 + ``threshold``.
 
     Raises InputError (one line naming the files) for a file that is not a pinbench
-    result, files of different suites or schema versions, or no benchmark in common.
+    result, files of different suites, or no benchmark in common. Files of different
+    results schemas compare their measured values; their modelled values differ as a whole.
     """
     base, head = Path(base), Path(head)
     if not (math.isfinite(threshold) and threshold >= 0):
@@ -354,9 +355,6 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
         raise InputError(f"{base} holds suite {b_suite!r} but {head} holds suite {h_suite!r}: "
                          "results of different suites cannot be compared")
     b_schema, h_schema = _schema(b_benches), _schema(h_benches)
-    if b_schema != h_schema:
-        raise InputError(f"{base} is results schema {b_schema} but {head} is schema "
-                         f"{h_schema}: cannot compare different schema versions")
     common = [n for n in b_benches if n in h_benches]
     if not common:
         raise InputError(f"{base} and {head} have no benchmark in common "
@@ -390,12 +388,21 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
     else:
         geo = (math.nan, math.nan, math.nan)
 
+    if b_schema == h_schema:
+        model_changes = _model_changes(b_benches, h_benches, common)
+    else:  # the counting rules changed: key by key would list every benchmark
+        model_changes = pd.DataFrame([{"name": "(every benchmark)", "key": "pinbench.schema",
+                                       "base": b_schema, "head": h_schema}],
+                                     columns=list(MODEL_COLUMNS), dtype=object)
+        notes.append(f"results schema {b_schema} (base) vs {h_schema} (head): the model's "
+                     "counting rules differ between them, so modelled values are not compared "
+                     "key by key (one modelled change is listed); measured values are")
     notes += _small_sample_notes(frame, alpha)
     notes += _pooled_notes(frame)
     notes += _machine_notes(b_benches, h_benches, common)
     return Comparison(rows=frame, only_base=only_base, only_head=only_head,
                       geomean=geo[0], geomean_lo=geo[1], geomean_hi=geo[2],
-                      model_changes=_model_changes(b_benches, h_benches, common),
+                      model_changes=model_changes,
                       threshold=float(threshold), base=base, head=head, alpha=alpha,
                       n_boot=n_boot, seed=seed, suite=b_suite, notes=notes)
 

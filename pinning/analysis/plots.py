@@ -434,20 +434,28 @@ def plot_kvm_vs_model(table: pd.DataFrame, profile: str | None = None) -> Figure
     markers = {("4k", 1): "o", ("4k", 2): "s", ("2m", 1): "^", ("2m", 2): "D"}
     for ax, phase in zip(axes, ("startup", "touch all"), strict=True):
         sub = table[table["phase"] == phase]
+        idle = sorted(set(sub.loc[sub["model_ns_per_page"] == 0, "strategy"]))
+        sub = sub[sub["model_ns_per_page"] > 0]  # what the model has no work for: no point
+        if idle:
+            ax.text(0.02, 0.02, f"not drawn: {', '.join(idle)} (nothing modelled)",
+                    transform=ax.transAxes, fontsize=7, color="0.4")
         for (strategy, level, vcpus), g in sub.groupby(["strategy", "level", "vcpus"]):
             g = g.sort_values("guest_size")
             x = g["guest_size"] / 2**30
             label = f"{strategy} {'THP' if level == '2m' else '4K'} {vcpus} vCPU"
-            ax.plot(x, g["ns_per_page"], marker=markers.get((level, vcpus), "x"),
+            # a log axis: a startup with nothing to do (0) has no point
+            m, mod = g["ns_per_page"] > 0, g["model_ns_per_page"] > 0
+            ax.plot(x[m], g["ns_per_page"][m], marker=markers.get((level, vcpus), "x"),
                     color=_color(strategy), label=f"{label} (measured)")
-            ax.plot(x, g["model_ns_per_page"], ls="--", color=_color(strategy), alpha=0.6,
-                    marker=markers.get((level, vcpus), "x"), mfc="none")
+            ax.plot(x[mod], g["model_ns_per_page"][mod], ls="--", color=_color(strategy),
+                    alpha=0.6, marker=markers.get((level, vcpus), "x"), mfc="none")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("guest size (GiB)")
         ax.set_ylabel("ns per 4 KiB page")
-        ax.set_title(f"{phase}: KVM guest (solid, measured)\nvs model (dashed, {profile})",
-                     fontsize=9)
+        what = "startup without VM creation" if phase == "startup" else phase
+        ax.set_title(f"{what}: KVM guest (solid, measured)\nvs model (dashed, modelled, "
+                     f"{profile})", fontsize=9)
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
     return fig
 

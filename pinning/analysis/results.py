@@ -23,7 +23,7 @@ import pandas as pd
 import pyperf
 
 from pinning.model.config import option, option_fields
-from pinning.model.names import COUNTERS, PHASES, SCHEMA_VERSION, VCPU_PHASES, InputError
+from pinning.model.names import COUNTERS, PHASES, READABLE_SCHEMAS, VCPU_PHASES, InputError
 
 #: Scalar outputs of the vCPU model per phase (``vcpu.<phase>.<field>``).
 VCPU_FIELDS = ("faults", "accesses", "makespan_ns", "faults_per_s", "lock_wait_ns",
@@ -107,10 +107,10 @@ def read_suite(path: str | Path) -> pyperf.BenchmarkSuite:
             version = int(schema)
         except (TypeError, ValueError):
             version = None
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             raise InputError(f"{path}: results schema version {schema!r} "
                              f"(benchmark {bench.get_name()!r}); this pinbench reads "
-                             f"schema {SCHEMA_VERSION}")
+                             f"schemas {', '.join(map(str, READABLE_SCHEMAS))}")
     return suite
 
 
@@ -155,6 +155,7 @@ def benchmark_row(bench: pyperf.Benchmark, file: str = "") -> dict[str, Any]:
     row["measured_phases"] = md.get("measured.phases")
     row["cost_profile"] = md.get("cost.profile")
     row["pinbench_version"] = md.get("pinbench.version")
+    row["schema"] = int(md.get("pinbench.schema"))  # checked by read_suite
     row["error"] = md.get("error")
     for key in MACHINE:
         row[key] = md.get(key)
