@@ -50,3 +50,19 @@ def test_second_process_loads_kernels_from_the_numba_cache(tmp_path):
             for _ in range(2)]
     assert runs[0]["misses"] > 0 and runs[0]["hits"] == 0  # compiled and saved
     assert runs[1]["hits"] > 0 and runs[1]["misses"] == 0  # loaded, nothing compiled
+
+
+def test_readme_quotes_the_calibrated_reference_profile() -> None:
+    """The README's calibrated figures are the file's, as written there (rounded)."""
+    from pinning.model.costs import load_profile
+
+    profile = load_profile(ROOT / "results" / "calibrated-reference.toml")
+    text = (ROOT / "README.md").read_text()
+    quote = text.split("This host's calibration:", 1)[1].split("\n\n", 1)[0]
+    quoted = {k: float(v.replace(" ", "")) for k, v in
+              re.findall(r"`(\w+)`\s+(\d[\d ]*(?:\.\d+)?)", quote)}
+    assert {"npf_exit_ns", "host_fault_ns", "zero_byte_ns", "pin_ns"} <= set(quoted)
+    values = {**profile.costs, **profile.spread}
+    for key, shown in quoted.items():
+        digits = len(str(shown).split(".")[1]) if shown % 1 else 0
+        assert round(values[key], digits) == shown, key
