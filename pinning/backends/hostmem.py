@@ -46,9 +46,14 @@ def usable_memory() -> tuple[int, int]:
 
 
 def check_fits(needed: int, what: str) -> None:
-    """Refuse ``what`` if it needs more than MEMORY_HEADROOM of MemAvailable, in one line."""
+    """Refuse ``what`` if it needs more than MEMORY_HEADROOM of MemAvailable, in one line.
+
+    The line states the one rule with its three numbers ("needs X, may use 85 % of Y
+    available (Z)"): naming only what is available read as a contradiction when X lay
+    between the usable share and all of it.
+    """
     usable, avail = usable_memory()
     if needed > usable:
-        raise InputError(f"{what} does not fit: it needs {format_size(needed)}, and may use "
-                         f"{MEMORY_HEADROOM:.0%} of the {format_size(avail)} available "
-                         f"(MemAvailable), {format_size(usable)}")
+        raise InputError(f"{what} does not fit: it needs {format_size(needed)}, may use "
+                         f"{MEMORY_HEADROOM * 100:.0f} % of {format_size(avail)} available "
+                         f"({format_size(usable)})")
