@@ -111,3 +111,66 @@ def test_bad_suite_names_file_key_and_allowed_values(text, needle):
 def test_unknown_suite_name_or_missing_file():
     with pytest.raises(InputError, match="neither a builtin suite"):
         load_suite("nonexistent-suite")
+
+
+def test_guest_accesses_count_what_the_workload_touches():
+    from pinning.harness.suite import guest_accesses
+    from pinning.model.workloads import boot_units
+
+    def cfg(workload, **kw):
+        return BenchConfig(workload, "demand", kw.pop("size", 8 * GiB), **kw)
+
+    assert guest_accesses(cfg("startup")) == 0
+    assert guest_accesses(cfg("fault_storm", pattern="random", touch_fraction=0.25)) == \
+        8 * GiB // 4096 // 4
+    assert guest_accesses(cfg("fault_storm", level="2m")) == 8 * GiB // (2 << 20)
+    # the remap family touches everything once more after the remap
+    assert guest_accesses(cfg("remap")) == 2 * guest_accesses(cfg("lifecycle"))
+    # the boot pattern, counted without building it, as boot_units builds it
+    for size in (64 << 20, 4 * GiB, 64 * GiB):
+        for level, upages in (("4k", 1), ("2m", 512)):
+            expected = len(boot_units(size // 4096, upages))
+            assert guest_accesses(cfg("boot", size=size, level=level, pattern="boot")) == \
+                expected
+
+
+def test_estimates_grow_with_the_work_a_benchmark_does():
+    from pinning.harness.suite import estimate_s
+
+    def est(config, processes=1, values=5, warmups=0):
+        return estimate_s(config, processes=processes, values=values, warmups=warmups)
+
+    small = BenchConfig("lifecycle", "demand", 2 * GiB, pattern="random")
+    big = BenchConfig("lifecycle", "demand", 32 * GiB, pattern="random")
+    assert est(big) > 4 * est(small) > 0
+    # every worker process pays the same again (and pyperf's manager starts too)
+    assert est(small, processes=4) > 4 * est(small)
+    assert est(small, values=10) > est(small)
+    kvm = BenchConfig("startup", "demand", 2 * GiB, backing="kvm")
+    assert est(kvm) > est(BenchConfig("startup", "demand", 2 * GiB))
+    cold = BenchConfig("startup", "demand", 2 * GiB, backing="kvm", host="cold")
+    assert est(cold) - est(kvm) == pytest.approx(5 * 10.0)  # 10 s idle before each value
+
+
+def test_estimates_track_the_quick_reference_run():
+    # Fitted to that run: the estimates must order its benchmarks' work as it was
+    # measured (the worker's own share: kernel load, events run and values).
+    import math
+    from pathlib import Path
+
+    import pyperf
+
+    ref = Path(__file__).resolve().parents[1] / "results" / "quick-reference.json"
+    quick = load_suite("quick")
+    est = {c.name: quick.estimated_s(c) for c in quick.benchmarks}
+    pairs = []
+    for bench in pyperf.BenchmarkSuite.load(str(ref)).get_benchmarks()[1:]:  # 1st: cold cache
+        work = sum(r.get_metadata()["duration"] + r.get_metadata()["pinbench.events_run_s"]
+                   + r.get_metadata()["pinbench.load_s"] for r in bench.get_runs())
+        pairs.append((math.log(est[bench.get_name()]), math.log(work)))
+    n = len(pairs)
+    mx, my = (sum(p[i] for p in pairs) / n for i in (0, 1))
+    cov = sum((x - mx) * (y - my) for x, y in pairs)
+    corr = cov / math.sqrt(sum((x - mx) ** 2 for x, _ in pairs)
+                           * sum((y - my) ** 2 for _, y in pairs))
+    assert n == 62 and corr > 0.8
