@@ -24,9 +24,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
+def _version() -> str:
+    """The installed pinbench's version (the package metadata pip wrote), else the source's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pinbench")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        from pinning import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``pinbench`` subcommand."""
     parser = _Parser(prog="pinbench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pinbench {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sim = sub.add_parser(
@@ -59,11 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="run a benchmark suite under pyperf and write one results file",
         description="Run every benchmark of a suite (pyperf workers, measured wall time of the "
-        "model plus modelled events and times in the metadata) and write one pyperf JSON file.")
-    run.add_argument("--suite", default="quick", help="quick, ci, full or a suite TOML file")
+        "model plus modelled events and times in the metadata) and write one pyperf JSON file. "
+        "On Ctrl-C or a failing benchmark, the finished ones go to NAME.partial.json "
+        "(--resume runs the rest). Exit status: 0 every benchmark ran or was skipped, "
+        "1 one failed or none ran, 2 bad input, 130 interrupted.")
+    run.add_argument("--suite", default=None,
+                     help="quick (default), ci, full or a suite TOML file; with --resume, "
+                          "the partial file's suite")
     run.add_argument("-o", "--output", default=None, metavar="FILE",
-                     help="results file (default results/<suite>-<date>.json)")
-    run.add_argument("--force", action="store_true", help="overwrite an existing results file")
+                     help="results file (default results/<suite>-<date>.json, results/ "
+                          "created if missing; with --resume, NAME.json of NAME.partial.json)")
+    run.add_argument("--force", action="store_true",
+                     help="overwrite an existing results file (and start afresh over a "
+                          "partial file of the same name)")
+    run.add_argument("--resume", default=None, metavar="NAME.partial.json",
+                     help="run only the benchmarks missing from the partial file an "
+                          "interrupted or failed run wrote, then write the complete NAME.json "
+                          "and remove the partial file")
     run.add_argument("--cost-profile", default=None, metavar="FILE",
                      help="cost profile TOML for the modelled times (default: builtin)")
     run.set_defaults(func=cmd_run)
@@ -194,39 +219,74 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """``pinbench list``: the benchmarks of a suite, one per line."""
+    from pinning.analysis.formatting import plural
     from pinning.harness.runner import describe
     from pinning.harness.suite import load_suite
 
     suite = load_suite(args.suite)
-    print(f"suite {suite.name} ({suite.source}): {len(suite.benchmarks)} benchmarks, "
-          f"{suite.processes} processes x {suite.values} values each")
+    print(f"suite {suite.name} ({suite.source}): {plural(len(suite.benchmarks), 'benchmark')}, "
+          f"{plural(suite.processes, 'process')} x {plural(suite.values, 'value')} each")
     for config in suite.benchmarks:
         print(describe(config))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``pinbench run``: exit 0 if every benchmark ran (or was skipped for memory), 1 if not."""
+    """``pinbench run``: exit 0 if every benchmark ran (or was skipped for memory), 1 if one
+    failed or none ran, 130 on Ctrl-C; the finished benchmarks of an unfinished run are
+    kept in NAME.partial.json, which ``--resume`` completes."""
     import time
     from pathlib import Path
 
-    from pinning.harness.runner import run_suite
+    from pinning.analysis.formatting import plural
+    from pinning.harness.runner import check_resume, complete_path, read_partial, run_suite
     from pinning.harness.suite import load_suite
 
-    suite = load_suite(args.suite)
-    output = Path(args.output or f"results/{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    resume = None
+    if args.resume:
+        resume = read_partial(Path(args.resume))
+        spec = args.suite or resume.suite_source.removeprefix("builtin:")
+        if not spec:
+            raise InputError(f"{resume.path} does not say which suite it ran: pass --suite")
+        suite = load_suite(spec)
+        check_resume(resume, suite)
+        if (args.cost_profile and resume.cost_profile
+                and args.cost_profile != resume.cost_profile):
+            raise InputError(f"{resume.path} was run with --cost-profile "
+                             f"{resume.cost_profile}, not {args.cost_profile}: resume it "
+                             "with its own profile")
+        cost_profile = args.cost_profile or resume.cost_profile
+        output = Path(args.output) if args.output else complete_path(resume.path)
+    else:
+        suite = load_suite(args.suite or "quick")
+        cost_profile = args.cost_profile
+        if args.output:
+            output = Path(args.output)
+        else:
+            # The default lives in ./results, made here if missing (an explicit -o's
+            # directory must exist: a typo there should not make a new tree).
+            output = Path("results") / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            try:
+                output.parent.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot make {output.parent}/ for the results "
+                                 f"({exc.strerror or exc}): pass -o") from None
     start = time.monotonic()
     try:
-        report = run_suite(suite, output, force=args.force, cost_profile=args.cost_profile)
+        report = run_suite(suite, output, force=args.force, cost_profile=cost_profile,
+                           resume=resume)
     except KeyboardInterrupt as exc:
         report = getattr(exc, "report", None)
-        done = ", ".join(report.done) if report and report.done else "none"
-        print(f"pinbench run: interrupted; no results file written. Finished before the "
-              f"interrupt: {done}", file=sys.stderr)
+        if report is None or report.partial is None:
+            print("pinbench run: interrupted before any benchmark finished; no results file "
+                  "written", file=sys.stderr)
+        else:
+            _say_partial("interrupted", report, suite)
         return 130
     wall = time.monotonic() - start
-    print(f"{len(report.done)} benchmarks ran, {len(report.skipped)} skipped, "
-          f"{len(report.failed)} failed in {wall:.0f} s")
+    resumed = f" ({report.resumed} more from {resume.path})" if resume else ""
+    print(f"{plural(len(report.done), 'benchmark')} ran{resumed}, "
+          f"{len(report.skipped)} skipped, {len(report.failed)} failed in {wall:.0f} s")
     over, share = report.overhead()
     if report.done:
         print(f"harness overhead (process start, imports, numba cache load): {over:.0f} s, "
@@ -236,16 +296,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"skipped {name}: {why}")
     for name, why in report.failed:
         print(f"FAILED {name}: {why}")
-    if report.output:
+    written = report.output or report.partial
+    if written:
         from pinning.analysis.results import load_results
         from pinning.analysis.summary import summary_table
 
         print()
-        print(summary_table(load_results(report.output)))
+        print(summary_table(load_results(written)))
         print()
-        print(f"results: {report.output}")
-        print(f"report:  pinbench report {report.output} -o report/{suite.name}")
-    return 1 if report.failed or not report.output else 0
+        print(f"results: {written}" + (" (partial)" if report.partial else ""))
+        print(f"report:  pinbench report {written} -o report/{suite.name}")
+    if report.partial:
+        _say_partial(f"{plural(len(report.failed), 'benchmark')} failed", report, suite)
+    return 1 if report.failed or not written else 0
+
+
+def _say_partial(why: str, report, suite) -> None:
+    """On stderr: why the run is unfinished, where its finished benchmarks are, how to resume."""
+    print(f"pinbench run: {why}; {report.finished} of {len(suite.benchmarks)} benchmarks "
+          f"finished and are in {report.partial}; run the {len(report.missing)} missing "
+          f"with: pinbench run --resume {report.partial}", file=sys.stderr)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -183,3 +183,22 @@ def test_calibrate_writes_a_profile_run_accepts(tmp_path, capsys):
     assert main(["calibrate", "--quick", "--no-kvm", "-o", str(tmp_path / "no" / "x.toml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "exists" in err[0] and "not a directory" in err[1]
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"pinbench {version('pinbench')}\n"
+
+
+@pytest.mark.parametrize("head, expected", [
+    ("processes = 1\nvalues = 1", "1 benchmark, 1 process x 1 value each"),
+    ("processes = 2\nvalues = 3", "1 benchmark, 2 processes x 3 values each"),
+])
+def test_list_counts_in_the_right_number(capsys, tmp_path, head, expected):
+    suite = tmp_path / "s.toml"
+    suite.write_text(f"[suite]\n{head}\n[[benchmark]]\nworkload = 'startup'\n"
+                     "strategy = 'demand'\nguest_size = '4MiB'\n")
+    assert main(["list", "--suite", str(suite)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"suite s ({suite}): {expected}"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +34,16 @@ class RunReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     wall_s: dict[str, float] = field(default_factory=dict)
     work_s: dict[str, float] = field(default_factory=dict)
+    #: the complete results file, when every benchmark ran or was skipped
     output: Path | None = None
+    #: the partial results file, when the run was interrupted or a benchmark failed
+    partial: Path | None = None
+    #: benchmarks in the file written (those taken over from a resumed file included)
+    finished: int = 0
+    #: benchmarks of the suite not in the file written (failed, skipped or not reached)
+    missing: list[str] = field(default_factory=list)
+    #: benchmarks taken over from the partial file being resumed
+    resumed: int = 0
 
     def overhead(self) -> tuple[float, float]:
         """(seconds, share of the wall time) the harness spent outside benchmark work.
@@ -48,30 +59,55 @@ class RunReport:
 
 
 class Progress:
-    """A live line on a terminal (i/N, elapsed, ETA); plain lines elsewhere (CI, pipes)."""
+    """A live line on a terminal (i/N, elapsed, ETA); plain lines elsewhere (CI, pipes).
 
-    def __init__(self, total: int, stream=None) -> None:
-        self.total = total
+    The ETA weighs each benchmark by its estimated cost (:meth:`Suite.estimated_s
+    <pinning.harness.suite.Suite.estimated_s>`): elapsed / estimated-done x
+    estimated-remaining. Extrapolating elapsed / count instead ran 3x optimistic,
+    because a suite's benchmarks grow in size as it goes.
+    """
+
+    def __init__(self, estimates: Sequence[float], stream=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.estimates = list(estimates)
+        self.total = len(self.estimates)
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
-        self.start = time.monotonic()
+        self.clock = clock
+        self.start = clock()
+        self.done_est = 0.0  # estimates of the benchmarks that ran
+        self.left_est = sum(self.estimates)  # estimates of those not yet ended
 
-    def _eta(self, done: int) -> str:
-        elapsed = time.monotonic() - self.start
-        if done == 0:
+    def eta_s(self) -> float | None:
+        """Seconds left: elapsed time per estimated second so far, times the estimated
+        seconds left; None before any benchmark has run."""
+        if self.done_est <= 0:
+            return None
+        return (self.clock() - self.start) / self.done_est * self.left_est
+
+    def _eta(self) -> str:
+        elapsed = self.clock() - self.start
+        eta = self.eta_s()
+        if eta is None:
             return f"{elapsed:5.0f} s elapsed"
-        left = elapsed / done * (self.total - done)
-        return f"{elapsed:5.0f} s elapsed, ETA {left:4.0f} s"
+        return f"{elapsed:5.0f} s elapsed, ETA {eta:4.0f} s"
 
     def begin(self, i: int, name: str) -> None:
+        """Benchmark ``i`` (from 1) starts: update the live line."""
         if self.live:
-            self.stream.write(f"\r\033[K[{i}/{self.total}] {name}  ({self._eta(i - 1)})")
+            self.stream.write(f"\r\033[K[{i}/{self.total}] {name}  ({self._eta()})")
             self.stream.flush()
 
-    def end(self, i: int, name: str, outcome: str) -> None:
+    def end(self, i: int, name: str, outcome: str, *, ran: bool = True) -> None:
+        """Benchmark ``i`` ended: one line with its outcome. A benchmark that did not run
+        (skipped) leaves the remaining estimate without adding to the done one."""
+        est = self.estimates[i - 1]
+        self.left_est -= est
+        if ran:
+            self.done_est += est
         if self.live:
             self.stream.write("\r\033[K")
-        print(f"[{i}/{self.total}] {name}: {outcome}  ({self._eta(i)})", file=self.stream,
+        print(f"[{i}/{self.total}] {name}: {outcome}  ({self._eta()})", file=self.stream,
               flush=True)
 
 
@@ -104,37 +140,182 @@ def worker_command(config: BenchConfig, suite: Suite, out: Path,
     return cmd
 
 
-def run_suite(suite: Suite, output: Path, *, force: bool = False,
-              cost_profile: str | None = None, stream=None) -> RunReport:
-    """Run every benchmark of ``suite`` and write one pyperf suite file atomically.
+PARTIAL_MARK = "pinbench.partial"
+#: Metadata only a partial file carries (dropped when its benchmarks join a complete one).
+PARTIAL_KEYS = (PARTIAL_MARK, "pinbench.missing", "pinbench.failed", "pinbench.suite_source",
+                "pinbench.cost_profile")
 
-    A configuration that does not fit in memory is skipped; a failing one is
-    reported by name and the rest still run. On Ctrl-C the running worker is
-    stopped, no results file is written, and KeyboardInterrupt propagates with
-    the report attached as ``exc.report``.
+
+def _split_suffix(path: Path) -> tuple[str, str]:
+    """(stem, suffix) of a results file name: ``x.json.gz`` -> (``x``, ``.json.gz``)."""
+    name = path.name
+    for suffix in (".json.gz", ".json"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)], suffix
+    return name, ""
+
+
+def partial_path(output: Path) -> Path:
+    """Where a run whose results go to ``NAME.json`` keeps them if it cannot finish:
+    ``NAME.partial.json`` beside it."""
+    stem, suffix = _split_suffix(output)
+    return output.with_name(f"{stem}.partial{suffix or '.json'}")
+
+
+def is_partial_name(path: Path) -> bool:
+    """Whether a file name is one :func:`partial_path` gives (``*.partial.json``)."""
+    stem, suffix = _split_suffix(path)
+    return bool(suffix) and stem.endswith(".partial") and stem != ".partial"
+
+
+def complete_path(partial: Path) -> Path:
+    """``NAME.json`` of ``NAME.partial.json``: where its resumed run writes."""
+    stem, suffix = _split_suffix(partial)
+    return partial.with_name(f"{stem.removesuffix('.partial')}{suffix}")
+
+
+def check_output(output: Path, *, force: bool = False, resuming: Path | None = None) -> None:
+    """Refuse, in one line and before anything runs, an output the run could not write.
+
+    The directory must exist and take a new file (tried: root may write where the
+    permission bits say no, and /sys or /proc refuse everyone); the output must not be
+    a directory or anything but a regular file, nor exist without ``force``; the name
+    must not be a partial file's; and a partial file of the same name from an earlier
+    run (other than the one being resumed) is kept unless ``force``.
     """
-    import pyperf
-
-    output = Path(output)
+    if is_partial_name(output):
+        raise InputError(f"{output}: names ending in .partial.json are kept for the partial "
+                         "files of unfinished runs: choose another -o")
+    parent = output.parent
+    if not parent.exists():
+        raise InputError(f"{parent} does not exist: create it or choose another -o")
+    if not parent.is_dir():
+        raise InputError(f"{parent} is not a directory: choose another -o")
+    if output.is_dir():
+        raise InputError(f"{output} is a directory: -o names the results file, "
+                         f"e.g. {output / 'NAME.json'}")
+    if output.exists() and not output.is_file():
+        raise InputError(f"{output} is not a regular file: choose another -o")
     if output.exists() and not force:
         raise InputError(f"{output} exists: choose another -o or pass --force")
+    partial = partial_path(output)
+    if (partial.exists() and not force
+            and (resuming is None or partial.resolve() != resuming.resolve())):
+        raise InputError(f"{partial} exists from an unfinished run: resume it with "
+                         f"pinbench run --resume {partial}, or pass --force to start afresh")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise InputError(f"cannot write in {parent} ({why}): choose another -o") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+@dataclass
+class Resume:
+    """A partial results file being resumed: its finished benchmarks and how it was run."""
+
+    path: Path
+    suite: str
+    suite_source: str
+    benchmarks: list  # pyperf.Benchmark, without the partial file's own metadata
+    cost_profile: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The benchmarks the file holds."""
+        return [b.get_name() for b in self.benchmarks]
+
+
+def read_partial(path: Path) -> Resume:
+    """Read a ``NAME.partial.json`` that :func:`run_suite` wrote; one line if it is not one."""
+    import gzip
+    import json
+
+    import pyperf
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such partial results file")
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            data = json.load(fh)
+        suite = pyperf.BenchmarkSuite.loads(json.dumps(data))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a pyperf results file ({exc})") from None
+    md = suite.get_benchmarks()[0].get_metadata()
+    if not md.get(PARTIAL_MARK):
+        raise InputError(f"{path} is not a partial results file (no {PARTIAL_MARK} in its "
+                         "metadata): nothing to resume")
+    # Drop the partial file's own marks, wherever pyperf put them (the suite's common
+    # metadata, a benchmark's, a run's), so that the complete file carries none.
+    tables = [data.get("metadata", {})]
+    for bench in data["benchmarks"]:
+        tables.append(bench.get("metadata", {}))
+        tables.extend(run.get("metadata", {}) for run in bench["runs"])
+    for table in tables:
+        for key in PARTIAL_KEYS:
+            table.pop(key, None)
+    return Resume(path=path, suite=str(md.get("pinbench.suite", "")),
+                  suite_source=str(md.get("pinbench.suite_source", "")),
+                  benchmarks=pyperf.BenchmarkSuite.loads(json.dumps(data)).get_benchmarks(),
+                  cost_profile=md.get("pinbench.cost_profile"))
+
+
+def check_resume(resume: Resume, suite: Suite) -> None:
+    """Refuse to resume a partial file with a suite it was not run from."""
+    if resume.suite != suite.name:
+        raise InputError(f"{resume.path} is a partial run of suite {resume.suite!r}, not "
+                         f"{suite.name!r}: resume it without --suite or with its own suite")
+    names = {c.name for c in suite.benchmarks}
+    extra = [n for n in resume.names if n not in names]
+    if extra:
+        raise InputError(f"{resume.path} holds benchmark {extra[0]!r}, which suite "
+                         f"{suite.name!r} ({suite.source}) does not have: the suite has "
+                         "changed since; run it afresh")
+
+
+def run_suite(suite: Suite, output: Path, *, force: bool = False,
+              cost_profile: str | None = None, stream=None,
+              resume: Resume | None = None) -> RunReport:
+    """Run every benchmark of ``suite`` (those ``resume`` lacks) and write one pyperf file.
+
+    The output is checked before anything runs (:func:`check_output`). A configuration
+    that does not fit in memory is skipped; a failing one is reported by name and the
+    rest still run. When every benchmark ran (or was skipped) the complete file is
+    written to ``output`` atomically, and a resumed partial file is removed. When one
+    failed, or on Ctrl-C, the finished ones go to :func:`partial_path` instead, marked
+    partial; on Ctrl-C the running worker is stopped first and KeyboardInterrupt then
+    propagates with the report attached as ``exc.report``.
+    """
+    output = Path(output)
+    check_output(output, force=force, resuming=resume.path if resume else None)
     if cost_profile:
         from pinning.model.costs import load_profile
 
         load_profile(cost_profile)  # refuse a bad profile before running anything
+    import pyperf
+
     stream = stream or sys.stderr
     report = RunReport()
-    progress = Progress(len(suite.benchmarks), stream)
-    benches = []
+    finished: dict[str, pyperf.Benchmark] = {}
+    if resume:
+        check_resume(resume, suite)
+        finished = {b.get_name(): b for b in resume.benchmarks}
+        report.resumed = len(finished)
+    todo = [c for c in suite.benchmarks if c.name not in finished]
+    progress = Progress([suite.estimated_s(c) for c in todo], stream)
     with tempfile.TemporaryDirectory(prefix="pinbench-") as tmp:
         try:
-            for i, config in enumerate(suite.benchmarks, start=1):
+            for i, config in enumerate(todo, start=1):
                 name = config.name
                 try:
                     preflight(config, what=name)
                 except InputError as exc:
                     report.skipped.append((name, str(exc)))
-                    progress.end(i, name, f"skipped: {exc}")
+                    progress.end(i, name, f"skipped: {exc}", ran=False)
                     continue
                 progress.begin(i, name)
                 out = Path(tmp) / f"{i}.json"
@@ -142,25 +323,92 @@ def run_suite(suite: Suite, output: Path, *, force: bool = False,
                 ok, why = _run_one(worker_command(config, suite, out, cost_profile))
                 report.wall_s[name] = time.monotonic() - t0
                 if ok:
-                    benches.append(pyperf.Benchmark.load(str(out)))
+                    bench = pyperf.Benchmark.load(str(out))
+                    finished[name] = bench
                     report.done.append(name)
                     report.work_s[name] = sum(
                         r.get_metadata().get("duration", 0.0)
                         + r.get_metadata().get("pinbench.events_run_s", 0.0)
-                        for r in benches[-1].get_runs())
-                    progress.end(i, name, f"{benches[-1].median() * 1e3:.3f} ms median "
-                                          f"(measured), {report.wall_s[name]:.1f} s wall")
+                        for r in bench.get_runs())
+                    # on the sim backing the value times pinbench's own bookkeeping
+                    kind = "simulator speed" if config.backing == "sim" else "measured"
+                    progress.end(i, name, f"{bench.median() * 1e3:.3f} ms median "
+                                          f"({kind}), {report.wall_s[name]:.1f} s wall")
                 else:
                     report.failed.append((name, why))
                     progress.end(i, name, f"FAILED: {why}")
         except KeyboardInterrupt as exc:
+            with _sigint_ignored():  # a second Ctrl-C must not cut the partial file short
+                _save(suite, finished, report, output, cost_profile, resume, stream,
+                      complete=False)
             exc.report = report  # type: ignore[attr-defined]
             raise
-        if benches:
-            results = pyperf.BenchmarkSuite(benches)
-            _dump_atomic(results, output)
-            report.output = output
+    _save(suite, finished, report, output, cost_profile, resume, stream,
+          complete=not report.failed)
     return report
+
+
+def _save(suite: Suite, finished: dict, report: RunReport, output: Path,
+          cost_profile: str | None, resume: Resume | None, stream, *, complete: bool) -> None:
+    """Write the finished benchmarks, in the suite's order: the complete file, or the
+    partial one marked with what it lacks. Nothing finished: nothing written."""
+    import pyperf
+
+    benches = [finished[c.name] for c in suite.benchmarks if c.name in finished]
+    report.finished = len(benches)
+    report.missing = [c.name for c in suite.benchmarks if c.name not in finished]
+    if not benches:
+        return
+    if complete:
+        report.output = _dump_safely(pyperf.BenchmarkSuite(benches), output, stream)
+        if resume and resume.path.exists():
+            resume.path.unlink()  # its benchmarks are all in the complete file now
+        return
+    # A suite file by its absolute path: --resume may be run from another directory.
+    source = suite.source
+    if not source.startswith("builtin:"):
+        source = str(Path(source).resolve())
+    marks: dict[str, object] = {PARTIAL_MARK: True, "pinbench.suite_source": source,
+                                "pinbench.missing": ",".join(report.missing)}
+    if report.failed:
+        marks["pinbench.failed"] = ",".join(name for name, _ in report.failed)
+    if cost_profile:
+        marks["pinbench.cost_profile"] = str(cost_profile)
+    for bench in benches:
+        bench.update_metadata(marks)
+    report.partial = _dump_safely(pyperf.BenchmarkSuite(benches), partial_path(output), stream)
+
+
+def _dump_safely(results, path: Path, stream) -> Path:
+    """Write ``results`` to ``path``; if that fails now (the directory was checked before
+    the run, but a disk fills or a directory goes), to the temporary directory instead,
+    and say so: a finished benchmark is never thrown away."""
+    try:
+        _dump_atomic(results, path)
+        return path
+    except OSError as exc:
+        stem, suffix = _split_suffix(path)
+        fd, spare = tempfile.mkstemp(prefix=f"{stem}.", suffix=suffix or ".json")
+        os.close(fd)
+        os.unlink(spare)
+        results.dump(spare)
+        print(f"pinbench run: could not write {path} ({exc.strerror or exc}); "
+              f"wrote {spare} instead", file=stream, flush=True)
+        return Path(spare)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT for the duration (where signals can be set: the main thread)."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _run_one(cmd: list[str]) -> tuple[bool, str]:
@@ -185,9 +433,12 @@ def _run_one(cmd: list[str]) -> tuple[bool, str]:
 
 
 def _dump_atomic(results, output: Path) -> None:
-    """Write the pyperf file next to its final name, then rename it into place."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    """Write the pyperf file next to its final name, then rename it into place, so that
+    an interrupted write leaves the old file (or none), never half a file."""
+    # pyperf compresses when the name it writes ends in .gz: keep that ending
+    gz = ".gz" if output.name.endswith(".gz") else ""
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".tmp{gz}",
+                               dir=output.parent)
     os.close(fd)
     os.unlink(tmp)  # pyperf refuses to overwrite an existing file
     try:
