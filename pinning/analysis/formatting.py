@@ -13,6 +13,21 @@ from pinning.model.units import format_size
 __all__ = ["format_size", "missing", "pct", "plural", "ratio", "seconds", "signed_pct"]
 
 
+def wall_time_heading(backing: str | None, host: str | None = None) -> str:
+    """The heading of a run's wall time per phase, in the words of its kind of time:
+    simulator speed on the sim (pinbench's own bookkeeping, never a cost of pinning),
+    measured on the real and kvm backings (``host``: the host memory's state)."""
+    from pinning.model.names import time_label, wall_kind
+
+    kind = wall_kind(backing)
+    if kind == "simulator":
+        return (f"wall time of pinbench's own bookkeeping on the sim backing "
+                f"({time_label(kind)}: not a cost of pinning)")
+    what = {"real": "pinbench's bookkeeping on real host memory", "kvm": "a real KVM guest"}
+    state = f", {host} host" if host else ""
+    return f"wall time of {what.get(str(backing), str(backing))}{state} ({time_label(kind)})"
+
+
 def missing(x: Any) -> bool:
     """None or NaN: a number that is not there."""
     return x is None or (isinstance(x, float) and math.isnan(x))
@@ -75,10 +90,7 @@ def simulation_text(res: dict[str, Any]) -> str:
     for phase, ns in res["modelled_ns"].items():
         lines.append(f"  {phase:<26}{ns / 1e6:>13.3f} ms")
     lines.append("")
-    what = {"real": "the simulation on real host memory", "kvm": "a real KVM guest"}
-    host = f", {res['host']} host" if "host" in res else ""
-    lines.append(f"wall time of {what.get(res.get('backing', ''), 'the simulation')}"
-                 f"{host} (measured)")
+    lines.append(wall_time_heading(res.get("backing"), res.get("host")))
     for phase, ns in res["elapsed_ns"].items():
         lines.append(f"  {phase:<26}{ns / 1e6:>13.3f} ms")
     kvm = res.get("kvm") or {}

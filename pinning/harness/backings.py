@@ -36,7 +36,8 @@ class Backing:
     """Where guest memory lives for a run (one entry of :data:`TABLE`)."""
 
     name = ""
-    #: what a benchmark's measured value is on this backing (metadata ``measured.what``)
+    #: what a benchmark's value is on this backing, in the words of names.TIME_KINDS
+    #: (metadata ``measured.what``)
     measures = ""
 
     def validate(self, config: BenchConfig) -> None:
@@ -68,7 +69,8 @@ class Sim(Backing):
     """The model's arrays only: frames are indices, so a 1 TiB guest fits here."""
 
     name = "sim"
-    measures = "wall time of the simulation's bookkeeping (sim backing)"
+    measures = ("simulator speed: wall time of pinbench's own bookkeeping (sim backing), "
+                "not a cost of pinning")
 
     def validate(self, config: BenchConfig) -> None:
         if config.host != "warm":
@@ -121,9 +123,9 @@ class Real(Backing):
     """The model's bookkeeping plus guest RAM as a real anonymous mapping (DESIGN §3, 2)."""
 
     name = "real"
-    measures = ("wall time of the simulation's bookkeeping plus real host memory: populate + "
-                "mlock at upfront startup, the guest's first touches as real host page faults "
-                "(real backing)")
+    measures = ("measured: wall time of pinbench's bookkeeping plus real host memory: "
+                "populate + mlock at upfront startup, the guest's first touches as real host "
+                "page faults (real backing)")
 
     def validate(self, config: BenchConfig) -> None:
         _real_levels(config)
@@ -144,9 +146,9 @@ class Kvm(Backing):
     """A real KVM guest through /dev/kvm (DESIGN §3, 3), beside the model's prediction."""
 
     name = "kvm"
-    measures = ("wall time of a real KVM guest through /dev/kvm: VM creation, populate + mlock "
-                "(upfront), first guest instruction, guest touching its memory, teardown "
-                "(kvm backing)")
+    measures = ("measured: wall time of a real KVM guest through /dev/kvm: VM creation, "
+                "populate + mlock (upfront), first guest instruction, guest touching its "
+                "memory, teardown (kvm backing)")
 
     def __init__(self) -> None:
         self._predictions: dict[tuple, LifecycleResult] = {}

@@ -71,6 +71,37 @@ TRACE_OPS: tuple[str, ...] = ("access", "remap")
 #: Where guest memory lives: the sim's arrays only; a real anonymous mapping beside the
 #: sim's bookkeeping (DESIGN §3 method 2); a real KVM guest through /dev/kvm (method 3).
 BACKINGS: tuple[str, ...] = ("sim", "real", "kvm")
+#: The three kinds of time (DESIGN §3), never mixed up: kind -> (label, what it is).
+#: Every column, axis, table and section that shows a time says which kind it is.
+TIME_KINDS: dict[str, tuple[str, str]] = {
+    "modelled": ("modelled", "event counts x cost profile: the cost a kernel pays"),
+    "measured": ("measured", "wall time of real memory or a real KVM guest on this host"),
+    "simulator": ("simulator speed", "wall time of pinbench's own bookkeeping on the sim "
+                                     "backing: not a cost of pinning"),
+}
+#: Backing -> the kind of time its wall time is. Real memory and a real KVM guest are
+#: measured; the sim's wall time is only how fast pinbench models (what gates
+#: pinbench's own code in CI), so it must never be read as a cost of pinning.
+WALL_KINDS: dict[str, str] = {"sim": "simulator", "real": "measured", "kvm": "measured"}
+
+
+def wall_kind(backing: str | None) -> str:
+    """The kind of time (a TIME_KINDS key) of a benchmark's wall time on ``backing``.
+
+    None (results from before backings existed, which all ran on the sim) is the sim.
+    """
+    if backing is None or backing != backing:  # None or NaN: no backing recorded
+        return WALL_KINDS["sim"]
+    if backing not in WALL_KINDS:
+        raise InputError(f"backing {backing!r} is not one of {', '.join(WALL_KINDS)}")
+    return WALL_KINDS[backing]
+
+
+def time_label(kind: str) -> str:
+    """The words a kind of time is shown with: 'modelled', 'measured', 'simulator speed'."""
+    return TIME_KINDS[kind][0]
+
+
 #: Host memory before each measured value of a real backing: warmed (populated and freed
 #: right before) or cold (left idle so this VM's host has reclaimed it; HOST.md).
 HOST_STATES: tuple[str, ...] = ("warm", "cold")
