@@ -15,12 +15,14 @@ from pinning.analysis.results import (
     PARAMS,
     latency_quantiles,
     load_results,
+    of_kind,
     read_suite,
     timeline,
 )
-from pinning.model.names import InputError
+from pinning.model.names import BACKINGS, TIME_KINDS, WALL_KINDS, InputError, time_label
 
 SAMPLE = Path(__file__).parent / "data" / "quick-sample.json"
+GROUND = Path(__file__).parent / "data" / "ground-sample.json"
 
 
 def pinbench_metadata(family: str = "startup", strategy: str = "upfront", gib: int = 4,
@@ -213,3 +215,43 @@ def test_not_pinbench_and_other_schema(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"newer\.json: results schema version 3 .*reads "
                                          r"schemas 1, 2"):
         read_suite(newer)
+
+
+def test_every_row_says_what_its_wall_time_is(sample: pd.DataFrame) -> None:
+    """sim: simulator speed (pinbench's own bookkeeping); real and kvm: measured."""
+    assert (sample["backing"] == "sim").all()
+    assert (sample["wall_kind"] == "simulator").all()
+    ground = load_results(GROUND)
+    assert set(ground["backing"]) == {"kvm", "real"}
+    assert (ground["wall_kind"] == "measured").all()
+    both = load_results([SAMPLE, GROUND], values=True)
+    assert dict(zip(both["backing"], both["wall_kind"], strict=True)) == {
+        "sim": "simulator", "kvm": "measured", "real": "measured"}
+    assert set(of_kind(both, "measured")["backing"]) == {"kvm", "real"}
+    assert set(of_kind(both, "simulator")["backing"]) == {"sim"}
+    assert len(of_kind(both, "measured")) + len(of_kind(both, "simulator")) == len(both)
+    with pytest.raises(InputError, match="modelled"):
+        of_kind(both, "modelled")  # modelled is no row's wall time
+
+
+def test_results_without_a_backing_are_the_sims(tmp_path: Path) -> None:
+    """Old results recorded no backing: everything then ran on the sim."""
+    md = pinbench_metadata()
+    del md["param.backing"]
+    path = write_suite(tmp_path / "old.json", [("startup/upfront/4GiB/4k", [0.5], md)])
+    row = load_results(path).iloc[0]
+    assert row["backing"] is None and row["wall_kind"] == "simulator"
+
+
+def test_one_vocabulary_for_the_kinds_of_time() -> None:
+    """Every backing has a kind of wall time; the sim's is never called measured, and each
+    backing's measured.what metadata begins with its kind's words."""
+    from pinning.harness.backings import TABLE
+
+    assert set(WALL_KINDS) == set(BACKINGS)
+    assert WALL_KINDS["sim"] == "simulator" and time_label("simulator") == "simulator speed"
+    assert set(WALL_KINDS.values()) | {"modelled"} == set(TIME_KINDS)
+    for name, backing in TABLE.items():
+        assert backing.measures.startswith(f"{time_label(WALL_KINDS[name])}: "), name
+    assert "not a cost of pinning" in TABLE["sim"].measures
+    assert "measured" not in TABLE["sim"].measures

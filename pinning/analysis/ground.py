@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,15 @@ def modelled_boot_s(strategy: str, gib: float, profile: CostProfile,
     return {"startup_s": run.get("startup", 0.0) / 1e9, "touch_s": run.get("access", 0.0) / 1e9}
 
 
+def distinct_profiles(profiles: Sequence[CostProfile]) -> list[CostProfile]:
+    """``profiles`` with names that tell them apart: a name two profiles share (two
+    calibrations are both "calibrated") gets the profile's file name added, so that every
+    table row, plot and title says which profile it is."""
+    names = [p.name for p in profiles]
+    return [p if names.count(p.name) == 1
+            else replace(p, name=f"{p.name} ({Path(p.source).name})") for p in profiles]
+
+
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
     """Least-squares slope of y on x."""
     return float(np.polyfit(x, y, 1)[0])
@@ -73,7 +83,7 @@ def published_vs_model(profiles: Sequence[CostProfile], **overrides: object
     points, slopes = [], []
     gb = PUBLISHED_BOOT["guest_gb"].to_numpy(float)
     column, b0_strategy = B0_FROM
-    for profile in profiles:
+    for profile in distinct_profiles(profiles):
         first = modelled_boot_s(b0_strategy, gb[0], profile, **overrides)
         b0 = float(PUBLISHED_BOOT[f"{column}_s"].iloc[0]) - first["startup_s"] - first["touch_s"]
         for published_as, variants in PUBLISHED_MODELS.items():
@@ -187,7 +197,11 @@ def kvm_vs_model(df: pd.DataFrame,
     recorded (the recorded model is the SEV one). ``rel_error`` = (modelled - compared) /
     compared; NaN where the model has nothing to do (a startup that pins nothing).
     Per-page figures are per 4 KiB page of guest RAM (startup) or per page touched.
+    Profiles keep the order given (the last is the one a plot shows by default), named
+    apart by :func:`distinct_profiles`.
     """
+    if profiles is not None:
+        profiles = distinct_profiles(profiles)
     kvm = df[df["backing"] == "kvm"] if "backing" in df else df.iloc[0:0]
     cols = ["phase", *KVM_KEYS, "profile", "mmu", "measured_s", "vm_fixed_s", "compared_s",
             "modelled_s", "modelled_sev_s", "ns_per_page", "model_ns_per_page", "rel_error",
@@ -221,9 +235,12 @@ def kvm_vs_model(df: pd.DataFrame,
                     "kvm_pf_taken": r.get("kvm_stats_pf_taken", np.nan),
                     "kvm_exits": r.get("kvm_stats_exits", np.nan)})
     frame = pd.DataFrame(out, columns=cols)
-    return frame.sort_values(["phase", "profile", "strategy", "level", "vcpus", "guest_size"],
+    # profiles in the order given (not alphabetical): "the last profile" stays the last
+    order = {name: i for i, name in enumerate(dict.fromkeys(frame["profile"]))}
+    frame["_order"] = frame["profile"].map(order)
+    return frame.sort_values(["phase", "_order", "strategy", "level", "vcpus", "guest_size"],
                              ascending=[False, True, True, True, True, True],
-                             ignore_index=True)
+                             ignore_index=True).drop(columns="_order")
 
 
 def kvm_ranking(table: pd.DataFrame) -> pd.DataFrame:

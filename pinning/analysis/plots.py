@@ -3,9 +3,12 @@
 Every function takes the frame of :func:`pinning.analysis.results.load_results`, returns a
 :class:`matplotlib.figure.Figure` (object-oriented API, no pyplot state) drawn in one
 shared style (``STYLE``; the same colour per strategy everywhere), labels each number
-**measured** (wall time of the model's bookkeeping) or **modelled** (event counts x
-cost profile, vCPU model), and raises InputError naming the missing data when the
-frame lacks what it needs. Save with ``fig.savefig(path)``.
+with its kind of time (:data:`pinning.model.names.TIME_KINDS`): **modelled** (event
+counts x cost profile, vCPU model) or **measured** (wall time of real memory or a real
+KVM guest: the real and kvm backings' rows only). The sim's wall time is simulator
+speed, pinbench's own bookkeeping: no plot here draws it, nor fits or compares
+strategies by it. Each raises InputError naming the missing data when the frame lacks
+what it needs. Save with ``fig.savefig(path)``.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator, ScalarFormatter
 
-from pinning.analysis.results import latency_quantiles, timeline
+from pinning.analysis.results import latency_quantiles, of_kind, timeline
 from pinning.analysis.stats import (
     PUBLISHED_BOOT,
     PUBLISHED_FIXED_S,
     PUBLISHED_STRATEGIES,
+    SERIES_KEYS,
     break_even,
     published_k,
     scaling_fit,
@@ -40,7 +44,7 @@ LEVEL_LINES = {"4k": "-", "2m": "--", "1g": ":"}
 VCPU_LINES = ("-", "--", "-.", ":")
 PHASE_HATCH = {"startup": "", "access": "//", "teardown": ".."}
 PHASE_LABEL = {"startup": "startup", "access": "faults", "teardown": "teardown"}
-MEASURED = "measured: wall time of the model's bookkeeping"
+MEASURED = "measured: wall time on this host"
 MODELLED = "modelled: events x cost profile"
 STYLE: dict[str, Any] = {
     "font.size": 9,
@@ -107,29 +111,69 @@ def _level_line(level: Any) -> str:
     return LEVEL_LINES.get(str(level), "-.")
 
 
+def measured_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose wall time is measured (real and kvm backings), warm host only:
+    what a measured panel, fit or break-even may use. A cold host is another
+    condition (HOST.md), not more values of the same one."""
+    out = of_kind(df, "measured")
+    if "host" in out:
+        out = out[out["host"].fillna("warm") == "warm"]
+    return out
+
+
+def _varying(fam: pd.DataFrame, fixed: tuple[str, ...] = ("strategy", "level")) -> list[str]:
+    """The series keys besides ``fixed`` that take more than one value in ``fam``."""
+    return [k for k in SERIES_KEYS if k not in fixed and k in fam and fam[k].nunique() > 1]
+
+
+def _series(fam: pd.DataFrame, fit: pd.Series) -> pd.DataFrame:
+    """The rows of ``fam`` in the series a scaling fit's row describes (every key it has)."""
+    sel = pd.Series(True, index=fam.index)
+    for key in SERIES_KEYS:
+        if key in fit and key in fam and pd.notna(fit[key]):
+            sel &= fam[key] == fit[key]
+    return fam[sel]
+
+
+def _series_label(fit: pd.Series, varying: list[str]) -> str:
+    parts = [str(fit["strategy"]), str(fit["level"])]
+    for key in varying:
+        value = fit.get(key)
+        parts.append(f"{value} vCPU" if key == "vcpus" else str(value))
+    return " ".join(parts)
+
+
 @_styled
 def plot_startup_scaling(df: pd.DataFrame, values_df: pd.DataFrame | None = None) -> Figure:
-    """Startup time vs guest size, log-log, both strategies: measured | modelled panels.
+    """Startup time vs guest size, log-log, every strategy: modelled | measured panels.
 
-    Each series gets its fitted line and k [95 % CI] in the legend (measured CI: a
-    bootstrap when ``values_df`` = ``load_results(..., values=True)`` is given). The
-    modelled panel also shows DESIGN §2's published boot times (RFC v2) *minus*
-    PUBLISHED_FIXED_S = 5.71 s, the 4 GB demand boot taken as the fixed part of a boot
-    (the 4 GB demand point becomes 0 and is not drawn); x in GB for those points.
+    The **modelled** panel (every backing) is always drawn, with DESIGN §2's published
+    boot times (RFC v2) *minus* PUBLISHED_FIXED_S = 5.71 s, the 4 GB demand boot taken
+    as the fixed part of a boot (the 4 GB demand point becomes 0 and is not drawn); x
+    in GB for those points. The **measured** panel is drawn only for results with real
+    or kvm startup benchmarks at 2+ sizes (warm host: :func:`measured_rows`): the sim's
+    wall time is simulator speed, never fitted. Each series gets its fitted line and k
+    [95 % CI] in the legend (measured CI: a bootstrap when ``values_df`` =
+    ``load_results(..., values=True)`` is given).
     """
     what = "startup scaling"
-    _rows(df, "startup", ["guest_gib", "median_s", "model_measured_ns"], what)
-    fits = {"measured": scaling_fit(values_df if values_df is not None else df,
-                                    "startup", metric="measured"),
-            "modelled": scaling_fit(df, "startup", metric="modelled")}
-    fam = df[df["family"] == "startup"]
-    fig, (ax_m, ax_p) = _figure(2, height=4.6)
-    for metric, ax in (("measured", ax_m), ("modelled", ax_p)):
-        for _, fit in fits[metric].iterrows():
-            sel = (fam["strategy"] == fit["strategy"]) & (fam["level"] == fit["level"])
-            sub = fam[sel].groupby("guest_gib")
+    fam = _rows(df, "startup", ["guest_gib", "model_measured_ns"], what)
+    panels = [("modelled", fam, scaling_fit(df, "startup", metric="modelled"))]
+    measured = measured_rows(fam)
+    if not measured.empty:
+        values = measured_rows(values_df) if values_df is not None else measured
+        try:
+            panels.append(("measured", measured,
+                           scaling_fit(values, "startup", metric="measured")))
+        except InputError:
+            pass  # measured at one size only: nothing to fit (the report's table says so)
+    fig, axes = _figure(len(panels), height=4.6)
+    for (metric, rows, fits), ax in zip(panels, axes, strict=True):
+        varying = _varying(rows)
+        for _, fit in fits.iterrows():
+            sub = _series(rows, fit).groupby("guest_gib")
             color, ls = _color(fit["strategy"]), _level_line(fit["level"])
-            label = f"{fit['strategy']} {fit['level']}"
+            label = _series_label(fit, varying)
             if metric == "measured":
                 y = sub["median_s"].median()
                 err = sub["iqr_s"].median().fillna(0.0) / 2
@@ -145,6 +189,10 @@ def plot_startup_scaling(df: pd.DataFrame, values_df: pd.DataFrame | None = None
             x = np.geomspace(fit["gib_min"], fit["gib_max"], 50)
             ax.plot(x, fit["a"] * x ** fit["k"], ls=ls, color=color,
                     label=f"{label}: {_fmt_k(fit)}")
+        title = MODELLED if metric == "modelled" else f"{MEASURED}, warm host"
+        ax.set_title(f"startup ({title})")
+        ax.set_ylabel(f"{metric} startup time (s)")
+    ax_p = axes[0]
     pk = published_k(subtract_fixed=True).set_index("strategy")
     for strategy in PUBLISHED_STRATEGIES:
         y = PUBLISHED_BOOT[f"{strategy}_s"] - PUBLISHED_FIXED_S
@@ -154,16 +202,14 @@ def plot_startup_scaling(df: pd.DataFrame, values_df: pd.DataFrame | None = None
                   color=_color(strategy),
                   label=f"published (RFC v2, total boot - {PUBLISHED_FIXED_S} s) {strategy}: "
                         f"{_fmt_k(fit)}")
-    ax_m.set_title(f"startup ({MEASURED})")
-    ax_p.set_title(f"startup ({MODELLED})")
-    for ax in (ax_m, ax_p):
+    for ax in axes:
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_yscale("log")
-        ax.set_xlabel("guest size (GiB; published: GB)")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14))
-    ax_m.set_ylabel("measured startup time (s)")
-    ax_p.set_ylabel("modelled startup time (s)")
+    ax_p.set_xlabel("guest size (GiB; published: GB)")
+    for ax in axes[1:]:
+        ax.set_xlabel("guest size (GiB)")
     return fig
 
 
@@ -323,19 +369,23 @@ def plot_metadata_bytes(df: pd.DataFrame) -> Figure:
 
 @_styled
 def plot_lifecycle_bars(df: pd.DataFrame) -> Figure:
-    """Lifecycle cost per strategy and size: measured total beside the modelled phase split.
+    """Lifecycle cost per strategy and size: the modelled phase split, and the measured
+    total where the results have one.
 
-    Left: measured median (IQR error bars): only the total is measured per benchmark.
-    Right: modelled startup / faults / teardown stacked. Separate panels because the
-    two are on different scales (model bookkeeping vs modelled kernel time). Only the
-    benchmarks that touch all memory (touch fraction 1; the break-even plot covers the
-    rest); bars are labelled by size, and by level, vCPUs and pattern where they vary.
+    Left: modelled startup / faults / teardown stacked. Right, only for lifecycle
+    benchmarks of the real or kvm backing (warm host): the measured median (IQR error
+    bars), of which only the total is measured per benchmark. Separate panels, since
+    a measured host is not the SEV host the model prices; the sim's wall time is
+    simulator speed and is not drawn. Only the benchmarks that touch all memory (touch
+    fraction 1; the break-even plot covers the rest); bars are labelled by size, and by
+    level, vCPUs, pattern and backing where they vary.
     """
     phases = ["startup", "access", "teardown"]
-    cols = ["median_s", "guest_gib", "touch_fraction"] + [f"model_{p}_ns" for p in phases]
+    cols = ["guest_gib", "touch_fraction"] + [f"model_{p}_ns" for p in phases]
     fam = _rows(df, "lifecycle", cols, "lifecycle bars")
     fam = fam[fam["touch_fraction"] == fam["touch_fraction"].max()]
-    varying = [k for k in ("level", "vcpus", "pattern") if fam[k].nunique() > 1]
+    varying = [k for k in ("level", "vcpus", "pattern", "backing")
+               if k in fam and fam[k].nunique() > 1]
 
     def category(row: pd.Series) -> str:
         parts = [f"{row['guest_gib']:g}GiB"]
@@ -344,17 +394,17 @@ def plot_lifecycle_bars(df: pd.DataFrame) -> Figure:
 
     fam = fam.assign(_cat=fam.apply(category, axis=1))
     order = (fam.sort_values(["guest_gib", *varying])["_cat"].drop_duplicates().tolist())
-    fig, (ax_m, ax_p) = _figure(2, width=min(8.0, max(4.5, 0.9 * len(order) + 1.5)))
+    measured = measured_rows(fam).dropna(subset=["median_s"]) if "median_s" in fam else (
+        fam.iloc[0:0])
+    ncols = 2 if len(measured) else 1
+    fig, axes = _figure(ncols, width=min(8.0, max(4.5, 0.9 * len(order) + 1.5)))
+    ax_p = axes[0]
     xs = np.arange(len(order))
     names = strategies_in(fam["strategy"])
     width = 0.76 / len(names)
     for i, strategy in enumerate(names):
         sub = fam[fam["strategy"] == strategy].groupby("_cat")
         off = xs + (i - (len(names) - 1) / 2) * width
-        med = sub["median_s"].median().reindex(order)
-        iqr = sub["iqr_s"].median().reindex(order).fillna(0.0)
-        ax_m.bar(off, med.to_numpy(), width, yerr=iqr.to_numpy() / 2, capsize=2,
-                 color=_color(strategy), label=f"{strategy} (measured total)")
         bottom = np.zeros(len(order))
         for ph in phases:
             y = (sub[f"model_{ph}_ns"].median().reindex(order) / 1e9).fillna(0.0).to_numpy()
@@ -362,57 +412,83 @@ def plot_lifecycle_bars(df: pd.DataFrame) -> Figure:
                      hatch=PHASE_HATCH[ph], edgecolor="white", lw=0.5,
                      alpha=1.0 if ph == "startup" else 0.75)
             bottom += y
-    for ax in (ax_m, ax_p):
+        if ncols == 2:
+            mine = measured[measured["strategy"] == strategy]
+            if mine.empty:
+                continue
+            cats = [c for c in order if c in set(mine["_cat"])]
+            at = np.array([order.index(c) for c in cats]) + (
+                i - (len(names) - 1) / 2) * width
+            med = mine.groupby("_cat")["median_s"].median().reindex(cats)
+            iqr = mine.groupby("_cat")["iqr_s"].median().reindex(cats).fillna(0.0)
+            axes[1].bar(at, med.to_numpy(), width, yerr=iqr.to_numpy() / 2, capsize=2,
+                        color=_color(strategy), label=f"{strategy} (measured total)")
+    for ax in axes:
         ax.set_xticks(xs, order)
         ax.grid(axis="x", visible=False)
     handles = [Patch(color=_color(s), label=s) for s in names]
     handles += [Patch(facecolor="white", hatch=PHASE_HATCH[p], edgecolor="dimgrey",
                       label=PHASE_LABEL[p]) for p in phases]
-    ax_m.legend()
     ax_p.legend(handles=handles)
-    ax_m.set_ylabel("measured lifecycle time (s)")
     ax_p.set_ylabel("modelled lifecycle time (s)")
-    ax_m.set_title(f"lifecycle total ({MEASURED})")
     ax_p.set_title(f"lifecycle by phase ({MODELLED})")
+    if ncols == 2:
+        axes[1].legend()
+        axes[1].set_ylabel("measured lifecycle time (s)")
+        axes[1].set_title(f"lifecycle total ({MEASURED}, warm host)")
     return fig
+
+
+def _draw_break_even(ax: Axes, be: pd.DataFrame, metric: str) -> None:
+    """One break-even panel: each series' lifecycle cost vs touch fraction, crossings
+    marked, and a note for a pair that does not cross in the range run."""
+    keys = ["guest_gib", "level", "vcpus", "pattern"]
+    notes = 0
+    for n, (group, sub) in enumerate(be.groupby(keys, sort=True)):
+        gib, level, vcpus, pattern = group
+        tag = f"{gib:g}GiB {level} {vcpus}vCPU {pattern}"
+        ls = VCPU_LINES[n % len(VCPU_LINES)]
+        drawn = set()
+        for (first, second), pair in sub.groupby(["first", "second"], sort=False):
+            for strategy, col in ((first, "first_s"), (second, "second_s")):
+                if strategy not in drawn:
+                    drawn.add(strategy)
+                    ax.plot(pair["touch_fraction"], pair[col], marker="o", ls=ls,
+                            color=_color(strategy), label=f"{strategy} {tag}")
+            cross = pair["crossing"].iloc[0]
+            if not math.isnan(cross):
+                ax.axvline(cross, color="black", lw=0.8, ls=ls)
+                ax.annotate(f"{first}/{second} break-even ≈ {cross:.2f}", (cross, 0.95),
+                            xycoords=("data", "axes fraction"), ha="right", fontsize=8,
+                            xytext=(-3, 0), textcoords="offset points")
+            else:
+                ax.text(0.02, 0.95 - 0.06 * notes, pair["note"].iloc[0],
+                        transform=ax.transAxes, fontsize=7.5, va="top")
+                notes += 1
+    ax.set_xlabel("fraction of guest memory touched")
+    ax.set_ylabel(f"{metric} lifecycle time (s)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(bottom=0)
+    title = MODELLED if metric == "modelled" else f"{MEASURED}, warm host"
+    ax.set_title(f"break-even ({title})")
+    ax.legend(loc="lower right")
 
 
 @_styled
 def plot_break_even(df: pd.DataFrame) -> Figure:
     """Lifecycle cost vs touch fraction per strategy, each pair's crossing marked:
-    modelled | measured."""
-    fig, axes = _figure(2)
-    for ax, metric in zip(axes, ("modelled", "measured"), strict=True):
-        be = break_even(df, metric=metric)
-        keys = ["guest_gib", "level", "vcpus", "pattern"]
-        notes = 0
-        for n, (group, sub) in enumerate(be.groupby(keys, sort=True)):
-            gib, level, vcpus, pattern = group
-            tag = f"{gib:g}GiB {level} {vcpus}vCPU {pattern}"
-            ls = VCPU_LINES[n % len(VCPU_LINES)]
-            drawn = set()
-            for (first, second), pair in sub.groupby(["first", "second"], sort=False):
-                for strategy, col in ((first, "first_s"), (second, "second_s")):
-                    if strategy not in drawn:
-                        drawn.add(strategy)
-                        ax.plot(pair["touch_fraction"], pair[col], marker="o", ls=ls,
-                                color=_color(strategy), label=f"{strategy} {tag}")
-                cross = pair["crossing"].iloc[0]
-                if not math.isnan(cross):
-                    ax.axvline(cross, color="black", lw=0.8, ls=ls)
-                    ax.annotate(f"{first}/{second} break-even ≈ {cross:.2f}", (cross, 0.95),
-                                xycoords=("data", "axes fraction"), ha="right", fontsize=8,
-                                xytext=(-3, 0), textcoords="offset points")
-                else:
-                    ax.text(0.02, 0.95 - 0.06 * notes, pair["note"].iloc[0],
-                            transform=ax.transAxes, fontsize=7.5, va="top")
-                    notes += 1
-        ax.set_xlabel("fraction of guest memory touched")
-        ax.set_ylabel(f"{metric} lifecycle time (s)")
-        ax.set_xlim(0, 1.02)
-        ax.set_ylim(bottom=0)
-        ax.set_title(f"break-even ({MODELLED if metric == 'modelled' else MEASURED})")
-        ax.legend(loc="lower right")
+    modelled, and beside it measured where the real or kvm backing ran lifecycle
+    benchmarks at 2+ touch fractions (warm host). Never from simulator speed."""
+    panels = [("modelled", break_even(df, metric="modelled"))]
+    measured = measured_rows(df)
+    if not measured.empty:
+        try:
+            panels.append(("measured", break_even(measured, metric="measured")))
+        except InputError:
+            pass  # no measured touch sweep: the modelled panel alone
+    fig, axes = _figure(len(panels))
+    for ax, (metric, be) in zip(axes, panels, strict=True):
+        _draw_break_even(ax, be, metric)
     return fig
 
 
@@ -423,12 +499,16 @@ def plot_kvm_vs_model(table: pd.DataFrame, profile: str | None = None) -> Figure
     and vCPU count; measured solid with markers, modelled dashed.
 
     ``table`` is :func:`pinning.analysis.ground.kvm_vs_model` output; the model's line is that of
-    ``profile`` (default: the last profile in the table, e.g. a calibrated one).
+    ``profile`` (default: the last profile given to kvm_vs_model, e.g. a calibrated one),
+    which the panel titles name.
     """
     if table.empty:
         raise InputError("kvm vs model: no kvm-backed benchmarks in the results "
                          "(pinbench run --suite ground)")
     profile = profile or str(table["profile"].iloc[-1])
+    if profile not in set(table["profile"]):
+        raise InputError(f"kvm vs model: no profile {profile!r} in the table (it has "
+                         f"{', '.join(map(str, dict.fromkeys(table['profile'])))})")
     table = table[(table["host"].fillna("warm") == "warm") & (table["profile"] == profile)]
     fig, axes = _figure(2, width=5.6, height=4.0)
     markers = {("4k", 1): "o", ("4k", 2): "s", ("2m", 1): "^", ("2m", 2): "D"}
@@ -455,7 +535,7 @@ def plot_kvm_vs_model(table: pd.DataFrame, profile: str | None = None) -> Figure
         ax.set_ylabel("ns per 4 KiB page")
         what = "startup without VM creation" if phase == "startup" else phase
         ax.set_title(f"{what}: KVM guest (solid, measured)\nvs model (dashed, modelled, "
-                     f"{profile})", fontsize=9)
+                     f"{profile} profile)", fontsize=9)
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
     return fig
 

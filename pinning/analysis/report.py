@@ -32,13 +32,20 @@ from pinning.analysis.stats import (
     published_k,
     scaling_fit,
 )
-from pinning.analysis.summary import summary_columns, summary_frame
+from pinning.analysis.summary import backings_line, kinds_in, summary_columns, summary_frame
 from pinning.model import strategies
-from pinning.model.names import InputError
+from pinning.model.names import BACKINGS, TIME_KINDS, InputError, time_label
 
-LABELS = ("**measured** = median wall time of the model's bookkeeping (pyperf values, sim "
-          "backing); **modelled** = event counts x cost profile, access phases by the vCPU "
-          "model. Counts of events and bytes come from the model.")
+#: The section of a report that shows the sim's wall time, apart from every cost.
+SIMULATOR_SECTION = "Simulator speed: pinbench's own bookkeeping, not a cost of pinning"
+
+
+def labels(df: pd.DataFrame) -> str:
+    """The report's legend of the kinds of time in ``df`` (names.TIME_KINDS' words)."""
+    parts = [f"**{time_label(k)}** = {'' if k == 'modelled' else 'median '}"
+             f"{TIME_KINDS[k][1]}" for k in kinds_in(df)]
+    return ("; ".join(parts) + ". Counts of events and bytes come from the model; access "
+            "phases are priced by the vCPU model.")
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -180,13 +187,28 @@ class _Builder:
         self.blocks.append(Block("figure", title, png=path))
 
 
-def _fits_table(df: pd.DataFrame, values_df: pd.DataFrame) -> pd.DataFrame:
-    fits = [scaling_fit(values_df, "startup", metric="measured"),
-            scaling_fit(df, "startup", metric="modelled"), published_k(subtract_fixed=True)]
+def scaling_fits(df: pd.DataFrame, values_df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The report's startup scaling fits: modelled (every backing), measured (the real
+    and kvm backings' rows, warm host, bootstrap CI from ``values_df``), published.
+
+    Never from simulator speed: the sim's wall time says how fast pinbench models, not
+    how a kernel's cost grows. A measured fit that cannot be made (no real or kvm
+    startup benchmarks at 2+ sizes) is left out.
+    """
+    fits = [scaling_fit(df, "startup", metric="modelled")]
+    measured = plots.measured_rows(values_df if values_df is not None else df)
+    if not measured.empty:
+        try:
+            fits.append(scaling_fit(measured, "startup", metric="measured"))
+        except InputError:
+            pass  # no startup at 2+ sizes measured: nothing to fit
+    fits.append(published_k(subtract_fixed=True))
     out = pd.concat(fits, ignore_index=True)
-    cols = ["metric", "strategy", "level", "k", "k_lo", "k_hi", "a", "n_sizes", "ci", "note"]
+    cols = ["metric", "strategy", "level", "vcpus", "backing", "k", "k_lo", "k_hi", "a",
+            "n_sizes", "ci", "note"]
     out = out.reindex(columns=cols)
-    out["level"] = out["level"].fillna("-")
+    for col in ("level", "vcpus", "backing"):
+        out[col] = out[col].astype(object).where(out[col].notna(), "-")
     out["ci"] = out["ci"].fillna("t-interval on residuals")
     return out.rename(columns={"a": "a (s at 1 GiB)"})
 
@@ -201,14 +223,26 @@ def _remap_table(df: pd.DataFrame) -> pd.DataFrame:
             "events_remap_unpinned_mapped_hazards": "unpinned mapped (hazards)"}
     out = fam[["name", *cols]].rename(columns=cols)
     out["modelled remap"] = (fam["model_remap_ns"] / 1e9).map(seconds)
-    out["measured remap"] = fam["median_s"].map(seconds)
     return out.reset_index(drop=True)
 
 
-def _break_even_table(df: pd.DataFrame) -> pd.DataFrame:
+def break_even_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The report's break-even table: per series and pair of strategies, the touch
+    fraction where their lifecycle costs cross, modelled (every backing) and, where
+    the real or kvm backing ran a touch sweep, measured (warm host). Never from
+    simulator speed."""
     rows = []
-    for metric in ("modelled", "measured"):
-        be = break_even(df, metric=metric)
+    sources = [("modelled", df)]
+    measured = plots.measured_rows(df)
+    if not measured.empty:
+        sources.append(("measured", measured))
+    for metric, rows_of in sources:
+        try:
+            be = break_even(rows_of, metric=metric)
+        except InputError:
+            if metric == "modelled":
+                raise
+            continue  # no measured touch sweep: the modelled rows alone
         keys = ["guest_gib", "level", "vcpus", "pattern", "first", "second"]
         for _, sub in be.groupby(keys, sort=True):
             r = sub.iloc[0]
@@ -230,12 +264,16 @@ def _latency(df: pd.DataFrame) -> pd.DataFrame:
         "lock wait share": t["lock_wait_share"].round(4)})
 
 
-def _summary_md(df: pd.DataFrame) -> pd.DataFrame:
+def _summary_md(df: pd.DataFrame, kinds: Sequence[str]) -> pd.DataFrame:
+    """The summary table in the report: the strategies side by side, for ``kinds``."""
     sf = summary_frame(df)
     out = pd.DataFrame({"family": sf["family"], "benchmark": sf["benchmark"]})
-    for col, heading in summary_columns(sf):
+    for col, heading in summary_columns(sf, kinds):
         out[heading] = sf[col].map(seconds)
-    return out
+    if len(out.columns) == 2:
+        raise InputError(f"no {' or '.join(time_label(k) for k in kinds)} time in the results")
+    keep = out.drop(columns=["family", "benchmark"]).ne("-").any(axis=1)
+    return out[keep].reset_index(drop=True)
 
 
 def _sources(df: pd.DataFrame, paths: Sequence[Path]) -> str:
@@ -244,10 +282,20 @@ def _sources(df: pd.DataFrame, paths: Sequence[Path]) -> str:
         return ", ".join(v) if v else "unknown"
     dates = sorted(str(d) for d in df["date"].dropna())
     span = f"{dates[0][:19]} - {dates[-1][:19]}" if dates else "unknown"
-    return (f"Results: {', '.join(f'`{p}`' for p in paths)} ({len(df)} benchmarks; suite "
+    return (f"**Ran on {backings_line(df)}.** "
+            f"Results: {', '.join(f'`{p}`' for p in paths)} ({len(df)} benchmarks; suite "
             f"{vals('suite')}; pinbench {vals('pinbench_version')}; cost profile "
             f"{vals('cost_profile')}). Machine: {vals('cpu_model_name')}, {vals('cpu_count')} "
             f"CPUs, host {vals('hostname')}, {vals('platform')}. Runs: {span}.")
+
+
+def _backings_title(df: pd.DataFrame) -> str:
+    """'sim backing', 'real and kvm backings': the backings the results ran on."""
+    names = list(dict.fromkeys(df["backing"].fillna("sim")))
+    names = [b for b in BACKINGS if b in names] + [b for b in names if b not in BACKINGS]
+    if len(names) == 1:
+        return f"{names[0]} backing"
+    return f"{', '.join(names[:-1])} and {names[-1]} backings"
 
 
 def _published(profiles: list) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -258,9 +306,12 @@ def _published(profiles: list) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _profiles(paths: Sequence[str | Path] | None) -> list:
+    """The default profile and each ``--profile``, named apart (two calibrations are both
+    "calibrated": each is then named with its file, in every table and title)."""
+    from pinning.analysis.ground import distinct_profiles
     from pinning.model.costs import load_profile
 
-    return [load_profile()] + [load_profile(p) for p in paths or ()]
+    return distinct_profiles([load_profile()] + [load_profile(p) for p in paths or ()])
 
 
 def _kvm_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -289,24 +340,34 @@ def write_report(paths: Sequence[Path], outdir: Path,
     values_df = load_results(paths, values=True)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    kinds = kinds_in(df)
+    measured = "measured" in kinds
     b = _Builder(outdir)
     b.p(_sources(df, paths))
-    b.p(LABELS)
+    b.p(labels(df))
+    if "simulator" in kinds:
+        b.p("The sim backing's wall time is **simulator speed**: how fast pinbench's own "
+            "bookkeeping runs, never a cost of pinning. Every figure, fit and break-even "
+            "below is modelled" + (" or measured" if measured else "") + f"; simulator "
+            f"speed has its own section at the end (\"{SIMULATOR_SECTION}\").")
 
     b.h2("Summary")
-    b.p("Median measured time and modelled time of each benchmark's measured phases, "
-        "the strategies side by side (benchmark names with the strategy as `*`).")
-    b.table(lambda: _summary_md(df), "summary")
+    b.p(("Median measured time (real and kvm backings) and modelled" if measured else
+         "Modelled") + " time of each benchmark's measured phases, the strategies side by "
+        "side (benchmark names with the strategy as `*`).")
+    b.table(lambda: _summary_md(df, [k for k in kinds if k != "simulator"]), "summary")
 
     b.h2("Startup time vs guest size")
-    b.p("Fitted time ∝ size^k per strategy and level. Measured: 95 % percentile bootstrap "
-        "over the measured values; modelled: t-interval on the fit's residuals (an exact "
-        f"power law gives k_lo = k_hi). Published: DESIGN §2's boot times ({PUBLISHED_SOURCE})"
-        f" minus 5.71 s of fixed boot (the 4 GB demand boot); their demand growth is the "
-        "guest faulting memory in during boot, not startup alone.")
+    b.p("Fitted time ∝ size^k per strategy and level, from the **modelled** startup "
+        "(t-interval on the fit's residuals; an exact power law gives k_lo = k_hi)"
+        + ("; and from the **measured** startup of the real and kvm backings, warm host "
+           "(95 % percentile bootstrap over the values)" if measured else "")
+        + f". Published: DESIGN §2's boot times ({PUBLISHED_SOURCE}) minus 5.71 s of fixed "
+        "boot (the 4 GB demand boot); their demand growth is the guest faulting memory in "
+        "during boot, not startup alone.")
     b.figure("startup_scaling", "Startup time vs guest size",
              lambda: plots.plot_startup_scaling(df, values_df))
-    b.table(lambda: _fits_table(df, values_df), "startup scaling fits")
+    b.table(lambda: scaling_fits(df, values_df), "startup scaling fits")
     b.p("Published boot times (total boot, s):")
     b.table(lambda: PUBLISHED_BOOT.copy(), "published boot times")
 
@@ -326,13 +387,17 @@ def write_report(paths: Sequence[Path], outdir: Path,
              lambda: plots.plot_metadata_bytes(df))
 
     b.h2("Lifecycle and break-even")
-    b.p("Measured lifecycle totals beside the modelled split into startup, faults and "
-        "teardown; break-even = the touch fraction at which two strategies cost the same "
-        "(linear interpolation between the bracketing touch fractions).")
+    b.p("The **modelled** lifecycle split into startup, faults and teardown"
+        + (", beside the **measured** total of the real and kvm backings' lifecycle "
+           "benchmarks (warm host)" if measured else "")
+        + "; break-even = the touch fraction at which two strategies cost the same "
+        "(linear interpolation between the bracketing touch fractions), modelled"
+        + (", and measured where the real or kvm backing ran a touch sweep" if measured
+           else "") + ".")
     for stem in ("lifecycle_bars", "break_even"):
         title, fn = plots.PLOTS[stem]
         b.figure(stem, title, lambda fn=fn: fn(df))
-    b.table(lambda: _break_even_table(df), "break-even")
+    b.table(lambda: break_even_table(df), "break-even")
 
     b.h2("Model against published boot times")
     b.p("DESIGN §2's published boot times (RFC v2's cover letter; kernel 5.17-rc6, CPU and "
@@ -370,6 +435,8 @@ def write_report(paths: Sequence[Path], outdir: Path,
 
         kvm_rows = kvm_vs_model(df, loaded)
         ranking = kvm_ranking(kvm_rows)
+        # the figure and the fit line follow the last profile given (--profile), by the
+        # name every table row carries
         fit = kvm_fit(kvm_rows, ranking, loaded[-1].name)
         b.p(f"Under the {fit['profile']} profile, warm host: {fit['within']} of "
             f"{fit['compared']} compared phases within {fit['tolerance']:.0%} of the "
@@ -388,7 +455,16 @@ def write_report(paths: Sequence[Path], outdir: Path,
         "pins and unpinned frames mapped into the guest (hazards) under upfront.")
     b.table(lambda: _remap_table(df), "remap")
 
-    title = "pinbench report"
+    if "simulator" in kinds:
+        b.h2(SIMULATOR_SECTION)
+        b.p("Median wall time of each sim benchmark's measured phases (pyperf values): how "
+            "fast pinbench's own bookkeeping runs on the machine in the header. It is what "
+            "`pinbench compare` gates pinbench's own code on in CI, not the time a kernel "
+            "takes to pin, fault or tear down: no figure, fit, break-even or ranking above "
+            "uses it, and it says nothing about which strategy is cheaper.")
+        b.table(lambda: _summary_md(df, ["simulator"]), "simulator speed")
+
+    title = f"pinbench report: {_backings_title(df)}"
     written = dict(b.written)
     csv = outdir / "summary.csv"
     df.to_csv(csv, index=False)
@@ -411,4 +487,5 @@ def main(paths: Sequence[str | Path], outdir: str | Path,
     return 0
 
 
-__all__ = ["main", "markdown_table", "write_report"]
+__all__ = ["break_even_table", "labels", "main", "markdown_table", "scaling_fits",
+           "write_report"]

@@ -1,9 +1,12 @@
 """Load pinbench results (pyperf JSON) into tidy pandas frames.
 
-One row per benchmark (or per measured value). Columns: the benchmark's parameters,
-the **measured** statistics (wall time of the model's bookkeeping, seconds), the
-**modelled** quantities from its metadata (event counts, modelled time per phase,
-the vCPU model's scalars) and the machine's metadata. The per-fault latency
+One row per benchmark (or per value). Columns: the benchmark's parameters, the
+statistics of its wall time (seconds) and ``wall_kind``, the kind of time that wall
+time is (:data:`pinning.model.names.TIME_KINDS`): ``measured`` on the real and kvm
+backings, ``simulator`` (simulator speed: pinbench's own bookkeeping, never a cost of
+pinning) on the sim; then the **modelled** quantities from its metadata (event
+counts, modelled time per phase, the vCPU model's scalars) and the machine's
+metadata. The per-fault latency
 quantiles and the pinned-pages timelines stay as their metadata strings in
 ``vcpu_<phase>_latency_quantiles_ns`` / ``vcpu_<phase>_timeline`` and are parsed on
 demand by :func:`latency_quantiles` and :func:`timeline`.
@@ -22,8 +25,17 @@ import numpy as np
 import pandas as pd
 import pyperf
 
+from pinning.analysis.summary import wall_kinds
 from pinning.model.config import option, option_fields
-from pinning.model.names import COUNTERS, PHASES, READABLE_SCHEMAS, VCPU_PHASES, InputError
+from pinning.model.names import (
+    COUNTERS,
+    PHASES,
+    READABLE_SCHEMAS,
+    TIME_KINDS,
+    VCPU_PHASES,
+    InputError,
+    wall_kind,
+)
 
 #: Scalar outputs of the vCPU model per phase (``vcpu.<phase>.<field>``).
 VCPU_FIELDS = ("faults", "accesses", "makespan_ns", "faults_per_s", "lock_wait_ns",
@@ -33,15 +45,19 @@ VCPU_STRINGS = ("latency_quantiles_ns", "timeline")
 PARAMS: dict[str, type] = {f.name: option(f).type for f in option_fields()}
 MACHINE = ("cpu_model_name", "hostname", "platform", "cpu_count", "date")
 STATS = ("median_s", "iqr_s", "mean_s", "std_s", "n")
+#: The kinds of wall time a row may have (``wall_kind``): TIME_KINDS but the modelled.
+WALL_KINDS = tuple(k for k in TIME_KINDS if k != "modelled")
 
 
 def load_results(paths: str | Path | Sequence[str | Path], *, values: bool = False,
                  warmups: bool = False) -> pd.DataFrame:
     """Tidy frame of one or more pinbench results files.
 
-    One row per benchmark; with ``values=True`` one row per measured value (columns
-    ``run``, ``value_index``, ``value_s``, ``is_warmup``), and with ``warmups=True``
-    also the warmup values (``is_warmup`` True). Raises InputError (one line naming
+    One row per benchmark; with ``values=True`` one row per value (columns ``run``,
+    ``value_index``, ``value_s``, ``is_warmup``), and with ``warmups=True`` also the
+    warmup values (``is_warmup`` True). ``wall_kind`` says what every row's wall time
+    (``median_s``, ``value_s``, ...) is: ``measured`` or ``simulator`` (see
+    :func:`of_kind`). Raises InputError (one line naming
     the file) for a file that is missing, not JSON, not pyperf, not pinbench's,
     of another schema version or without benchmarks.
     """
@@ -66,6 +82,17 @@ def load_results(paths: str | Path | Sequence[str | Path], *, values: bool = Fal
     if not rows:
         raise InputError("no results file given")
     return _tidy(pd.DataFrame(rows))
+
+
+def of_kind(df: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The rows of ``df`` whose wall time is of ``kind`` ('measured' or 'simulator').
+
+    What a measured fit, break-even or plot may use: ``of_kind(df, "measured")`` holds
+    only the real and kvm backings' rows, never simulator speed.
+    """
+    if kind not in WALL_KINDS:
+        raise InputError(f"wall-time kind {kind!r} is not one of {', '.join(WALL_KINDS)}")
+    return df[wall_kinds(df) == kind]
 
 
 def read_suite(path: str | Path) -> pyperf.BenchmarkSuite:
@@ -128,6 +155,7 @@ def benchmark_row(bench: pyperf.Benchmark, file: str = "") -> dict[str, Any]:
         row[key] = _typed(md.get(f"param.{key}"), typ)
     size = row["guest_size"]
     row["guest_gib"] = size / 2**30 if size is not None else math.nan
+    row["wall_kind"] = wall_kind(row["backing"])
     if len(vals):
         q25, q50, q75 = np.percentile(vals, [25, 50, 75])
         row.update(median_s=float(q50), iqr_s=float(q75 - q25), mean_s=float(vals.mean()),
@@ -206,7 +234,7 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     df["cpu_count"] = pd.to_numeric(df["cpu_count"], errors="coerce")
     if df["cpu_count"].notna().all():
         df["cpu_count"] = df["cpu_count"].astype("int64")
-    head = ["file", "suite", "name", "family", *PARAMS, "guest_gib", *STATS]
+    head = ["file", "suite", "name", "family", *PARAMS, "guest_gib", *STATS, "wall_kind"]
     if "value_s" in df:
         head += ["run", "value_index", "value_s", "is_warmup"]
     events = sorted(c for c in df.columns if c.startswith("events_"))
