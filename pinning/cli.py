@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from pinning.harness.options import add_config_options, config_from_args
+from pinning.model import strategies
 from pinning.model.config import BenchConfig, option
 from pinning.model.names import InputError
-from pinning.model.units import format_size
 
 EXIT_BAD_INPUT = 2
 
@@ -50,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         "suite's benchmark runs -- and print the event counts and modelled time (events x "
         "cost profile, vCPU model) and the measured wall time of each phase.",
     )
-    add_config_options(sim, skip=("pattern", "remap_fraction", "backing"),
-                       required=("strategy", "guest_size"))
+    add_config_options(sim, skip=("strategy", "pattern", "remap_fraction", "backing"),
+                       required=("guest_size",))
+    sim.add_argument("--strategy", required=True, metavar="S[,S...]|all",
+                     help="one strategy, several side by side (comma-separated), or all: "
+                     f"{', '.join(strategies.names())}")
     what = sim.add_mutually_exclusive_group(required=True)
     what.add_argument("--trace", metavar="FILE",
                       help="CSV with header op,gfn,npages (optionally a vcpu column)")
@@ -67,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--cost-profile", default=None, metavar="FILE",
                      help="cost profile TOML for the modelled times (default: builtin)")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
+    sens = sim.add_argument_group(
+        "sensitivity (several strategies)",
+        "How sure is the answer: vary each cost the profile marks as an assumption (and "
+        "each --vary KEY) over its range, one at a time, and report the ratio, the "
+        "break-even and whether the cheaper strategy flips (modelled).")
+    sens.add_argument("--sensitivity", action="store_true",
+                      help="add the tornado table of the varied costs")
+    sens.add_argument("--vary", action="append", default=[], metavar="KEY",
+                      help="also vary this cost or spread key (a measured one over its "
+                      "measured min..max); repeatable")
+    sens.add_argument("--factors", default="0.5,2", metavar="LOW,HIGH",
+                      help="range of a varied assumption: its value times LOW to times "
+                      "HIGH (default 0.5,2)")
     sim.set_defaults(func=cmd_simulate)
 
     run = sub.add_parser(
@@ -108,9 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser(
         "compare", help="compare two results files with statistics; exit 1 on a regression",
         description="Compare every benchmark two results files share: medians of per-process "
-        "medians, ratio with a 95%% two-stage bootstrap CI, Mann-Whitney U on per-process "
-        "medians, Holm-adjusted over the benchmarks, verdict; modelled metrics exactly. "
-        "Exit 0 when no "
+        "medians, ratio with a 95% two-stage bootstrap CI, Mann-Whitney U on per-process "
+        "medians, Holm-adjusted over the benchmarks, verdict (or 'cannot tell' when no change "
+        "could be significant with so few processes, with how many are needed), the smallest "
+        "detectable change, the geometric mean's own verdict; modelled metrics exactly, "
+        "listed first. Exit 0 when no "
         "benchmark is significantly slower by more than the threshold, 1 when one is, "
         "2 for unusable input.")
     cmp.add_argument("base", metavar="BASE.json")
@@ -319,17 +337,24 @@ def _say_partial(why: str, report, suite) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """``pinbench simulate``: one lifecycle on any backing, through the suite's own path."""
-    from pinning.analysis.formatting import simulation_text
-    from pinning.harness.backings import preflight
+    """``pinbench simulate``: one lifecycle per strategy on any backing, through the suite's
+    own path; with several strategies, the answer side by side."""
+    from pinning.analysis.answer import parse_strategies
+    from pinning.analysis.formatting import comparison_text, simulation_text
+    from pinning.harness.simulate import simulate
     from pinning.model.costs import load_profile
 
     if args.backend == "kvm" and args.backing not in ("sim", "kvm"):
         raise InputError(f"--backend kvm runs a KVM guest: it cannot also be --backing "
                          f"{args.backing}")
+    names = parse_strategies(args.strategy)
     backing = "kvm" if args.backend == "kvm" else args.backing
-    config = config_from_args("lifecycle", args, backing=backing,
+    config = config_from_args("lifecycle", args, backing=backing, strategy=names[0],
                               pattern=args.pattern or "sequential")
+    factors = _factors(args.factors)
+    if (args.vary or args.factors != "0.5,2") and not args.sensitivity:
+        raise InputError("--vary and --factors set the sensitivity analysis: add "
+                         "--sensitivity")
     profile = load_profile(args.cost_profile)
     workload = None
     if args.trace:
@@ -340,26 +365,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                              "vCPU makes each access")
         workload = workload_from_trace(read_trace(args.trace), config.guest_pages,
                                        config.level)
-    runner = preflight(config, workload, what=f"a {format_size(config.guest_size)} "
-                                                f"{config.strategy} guest at {config.level}")
-    from pinning.model.lifecycle import warm_up
-
-    # Compile or load the kernels first so that no phase's time includes the JIT.
-    warm_up()
-    res = runner.run(config, profile, workload)
-    out = {"strategy": config.strategy, "level": config.level,
-           "guest_pages": config.guest_pages, "backing": backing, "vcpus": res.config.vcpus,
-           "kernel": config.kernel, "sme_coherent": config.sme_coherent, "mmu": config.mmu,
-           **res.counters(), "error": res.error, "elapsed_ns": dict(res.elapsed_ns),
-           "modelled_ns": {**res.model_ns, "total": res.total_model_ns},
-           "cost_profile": profile.name}
-    if backing != "sim":  # real memory or a real VM: its phases are measurements
-        out["host"] = config.host
-        out["measured_ns"] = {**res.elapsed_ns, "total": sum(res.elapsed_ns.values())}
-    if res.backing:
-        out["kvm"] = res.backing
-    print(json.dumps(out) if args.json else simulation_text(out))
+    out = simulate(config, names, profile, workload, sensitivity=args.sensitivity,
+                   vary=tuple(args.vary), factors=factors)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(comparison_text(out) if len(names) > 1 else simulation_text(out))
     return 0
+
+
+def _factors(text: str) -> tuple[float, float]:
+    """``--factors LOW,HIGH``."""
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise InputError(f"--factors {text!r} must be two numbers LOW,HIGH, e.g. 0.5,2") \
+            from None
+    return low, high
 
 
 def main(argv: Sequence[str] | None = None) -> int:

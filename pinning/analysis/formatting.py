@@ -108,3 +108,111 @@ def simulation_text(res: dict[str, Any]) -> str:
         if zero:
             lines.append(f"  ({len(zero)} more KVM statistics are 0: {', '.join(zero)})")
     return "\n".join(lines)
+
+
+def comparison_text(res: dict[str, Any]) -> str:
+    """A readable side-by-side of a several-strategy ``pinbench simulate`` (its JSON):
+    modelled time per phase, the answer, the break-evens, the sensitivity, the counts
+    behind them, and the wall time of the runs kept apart under its own name."""
+    from pinning.model.names import COUNTERS, time_label, wall_kind
+    from pinning.model.units import PAGE_SIZE
+
+    names, cfg, runs = res["strategies"], res["config"], res["runs"]
+    pattern = cfg["pattern"] if cfg["pattern"] in ("trace", "boot") else (
+        f"{cfg['pattern']}, touch fraction {cfg['touch_fraction']:g}, seed {cfg['seed']}")
+    memlock = ("" if cfg["memlock_limit"] is None
+               else f", memlock limit {format_size(cfg['memlock_limit'])}")
+    lines = [f"{format_size(cfg['guest_pages'] * PAGE_SIZE)} guest "
+             f"({cfg['guest_pages']:,} pages), level {cfg['level']}, "
+             f"{plural(cfg['vcpus'], 'vCPU')}, pattern {pattern}{memlock}",
+             f"host: kernel {cfg['kernel']}, SME_COHERENT {cfg['sme_coherent']}, MMU "
+             f"{cfg['mmu']}; cost profile {res['cost_profile']['name']!r} "
+             f"({res['cost_profile']['source']}); backing {cfg['backing']}"]
+
+    def table(title: str, rows: list[tuple[str, list[str]]]) -> None:
+        width = max(len(r[0]) for r in rows)
+        cols = [max(len(n), *(len(r[1][i]) for r in rows)) for i, n in enumerate(names)]
+        lines.extend(["", title,
+                      "  " + " " * width + "".join(f"  {n:>{w}}" for n, w in zip(
+                          names, cols, strict=True))])
+        for label, cells in rows:
+            lines.append(f"  {label:<{width}}" + "".join(
+                f"  {c:>{w}}" for c, w in zip(cells, cols, strict=True)))
+
+    for s in names:
+        if runs[s]["error"]:
+            lines.append(f"{s}: error: {runs[s]['error']}")
+    phases = list(runs[names[0]]["modelled_ns"])
+    table("modelled time (events x cost profile; the guest's accesses by the vCPU model)",
+          [(p, [seconds(runs[s]["modelled_ns"].get(p, 0.0) / 1e9) for s in names])
+           for p in phases])
+    ans = res["answer"]
+    best = ans["cheapest"]
+    others = sorted((s for s in names if s != best), key=lambda s: ans["ratio_to_cheapest"][s])
+    lines += ["", f"answer (modelled): {best} is the cheapest, "
+              f"{seconds(ans['modelled_total_ns'][best] / 1e9)}; "
+              + ", ".join(f"{s} takes {ans['ratio_to_cheapest'][s]:.3g}x as long"
+                          for s in others)]
+    if "measured" in ans:
+        m = ans["measured"]
+        lines.append(f"measured ({cfg['backing']} backing, this host): {m['cheapest']} took the "
+                     f"least, {seconds(m['total_ns'][m['cheapest']] / 1e9)}; " + ", ".join(
+                         f"{s} {m['ratio_to_cheapest'][s]:.3g}x" for s in names
+                         if s != m["cheapest"]))
+    if res.get("break_even") is None:
+        lines += ["", "break-even touch fraction: none for a trace or the boot pattern "
+                  "(their accesses are fixed)"]
+    else:
+        lines += ["", "break-even touch fraction (modelled: where two strategies cost the "
+                  "same, searched over 0..1)"]
+        for be in res["break_even"]:
+            pair = f"{be['a']} vs {be['b']}"
+            if be["fraction"] is None:
+                ends = (f"{be['cheaper_below']} cheaper at 0 and at 1"
+                        if be["cheaper_below"] == be["cheaper_above"]
+                        else f"{be['cheaper_below']} cheaper at 0, {be['cheaper_above']} at 1")
+                lines.append(f"  {pair:<28}none in 0..1: {ends}")
+            else:
+                lines.append(f"  {pair:<28}{be['fraction']:.3f}: {be['cheaper_below']} cheaper "
+                             f"below, {be['cheaper_above']} above")
+    sens = res.get("sensitivity")
+    if sens:
+        lines += ["", sensitivity_text(sens)]
+    table("event counts (modelled)",
+          [(n, [f"{runs[s][n]:,}" for s in names]) for n in COUNTERS])
+    kind = time_label(wall_kind(cfg["backing"]))
+    table(f"{kind} (wall time of each phase"
+          + (": pinbench's own bookkeeping, not a cost of pinning)" if kind ==
+             "simulator speed" else f" on this host, {cfg['backing']} backing)"),
+          [(p, [seconds(runs[s]["elapsed_ns"].get(p, 0) / 1e9) for s in names])
+           for p in runs[names[0]]["elapsed_ns"]])
+    return "\n".join(lines)
+
+
+def sensitivity_text(sens: dict[str, Any]) -> str:
+    """The tornado table of ``pinbench simulate --sensitivity`` (its JSON part)."""
+    best, runner = sens["cheapest"], sens["runner_up"]
+    be = sens["break_even"]
+    head = (f"sensitivity (modelled): {runner} / {best} = {sens['ratio']:.3g} with the "
+            f"profile's values" + (f", break-even {be:.3f}" if be is not None else "")
+            + "; each cost below set to the ends of its range, the others kept")
+    rows = [("cost", "kind", "range", "ratio", "break-even", "cheapest", "flips")]
+    for r in sens["rows"]:
+        def frac(x: float) -> str:
+            return "-" if missing(x) else f"{x:.3f}"
+
+        cheapest = (r["cheaper_low"] if r["cheaper_low"] == r["cheaper_high"]
+                    else f"{r['cheaper_low']} / {r['cheaper_high']}")
+        rows.append((r["key"], r["kind"], f"{r['low']:.4g}..{r['high']:.4g} ({r['range']})",
+                     f"{r['ratio_low']:.3g}..{r['ratio_high']:.3g}",
+                     f"{frac(r['break_even_low'])}..{frac(r['break_even_high'])}",
+                     cheapest, "FLIPS" if r["flips"] else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [head]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+                     .rstrip())
+    if not sens["rows"]:
+        lines.append("  (no cost to vary: the profile marks none as an assumption; name "
+                     "some with --vary KEY)")
+    return "\n".join(lines)

@@ -551,3 +551,41 @@ PLOTS: dict[str, tuple[str, Callable[[pd.DataFrame], Figure]]] = {
     "lifecycle_bars": ("Lifecycle cost", plot_lifecycle_bars),
     "break_even": ("Break-even touch fraction", plot_break_even),
 }
+
+
+@_styled
+def plot_tornado(frame: pd.DataFrame, summary: dict[str, Any]) -> Figure:
+    """The sensitivity tornado (modelled): for each varied cost, the ratio of the base
+    runner-up to the base cheapest strategy at the cost's low and high end, a bar from
+    one to the other around the base ratio, widest swing on top; a bar that crosses 1
+    (the cheaper strategy flips) is hatched. ``frame`` and ``summary`` come from
+    :func:`pinning.analysis.answer.sensitivity`."""
+    if frame.empty:
+        raise InputError("sensitivity: no cost was varied (the profile marks none as an "
+                         "assumption)")
+    rows = frame.iloc[::-1]  # widest on top
+    fig, (ax,) = _figure(width=6.4, height=0.45 * len(rows) + 1.6)
+    base = summary["ratio"]
+    for y, (_, r) in enumerate(rows.iterrows()):
+        lo, hi = sorted((r["ratio_low"], r["ratio_high"]))
+        if hi - lo <= 1e-9 * base:
+            ax.annotate("no effect here", (base, y), xytext=(4, -3),
+                        textcoords="offset points", fontsize=6.5, color="grey")
+            continue
+        ax.barh(y, hi - lo, left=lo, height=0.6, color=_color(summary["cheapest"]),
+                alpha=0.75, hatch="//" if r["flips"] else "", edgecolor="black",
+                linewidth=0.5)
+        for end in ("low", "high"):  # the cost's value at each end of its bar
+            ax.annotate(f"{r[end]:.3g}", (r[f"ratio_{end}"], y), xytext=(0, 7),
+                        textcoords="offset points", ha="center", fontsize=6.5)
+    ax.axvline(base, color="black", linewidth=0.8)
+    ax.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_yticks(range(len(rows)), [f"{k}\n({kind}, {how})" for k, kind, how in
+                                     zip(rows["key"], rows["kind"], rows["range"],
+                                         strict=True)])
+    ax.set_xlabel(f"modelled total, {summary['runner_up']} / {summary['cheapest']} "
+                  "(1, dashed: they cost the same)")
+    ax.set_title(f"How sure (modelled): each cost at the ends of its range\n"
+                 f"base ratio {base:.3g} (solid line); hatched: the cheaper strategy flips",
+                 loc="left")
+    return fig

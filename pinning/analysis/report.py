@@ -325,6 +325,43 @@ def _kvm_table(table: pd.DataFrame) -> pd.DataFrame:
     return table[cols].round(4)
 
 
+#: Guest size of the report's sensitivity analysis (GiB): small, so that it takes seconds.
+SENSITIVITY_GIB = 1
+
+
+def _sensitivity(df: pd.DataFrame, profile: Any) -> tuple[Any, pd.DataFrame, dict] | None:
+    """The sensitivity of the results' lifecycle touch sweep (its configuration at its
+    middle touch fraction, a SENSITIVITY_GIB guest), or None without a sweep."""
+    from dataclasses import replace
+
+    from pinning.analysis.answer import cached_sensitivity, varied_costs
+    from pinning.model.config import BenchConfig
+
+    if "family" not in df:
+        return None
+    sweep = df[(df["family"] == "lifecycle") & (df["touch_fraction"] < 1.0)
+               & df["strategy"].isin(strategies.names())]
+    names = [s for s in strategies.names() if s in set(sweep["strategy"])]
+    if len(names) < 2:
+        return None
+    fractions = sorted(sweep["touch_fraction"].unique())
+    row = sweep[sweep["touch_fraction"] == fractions[len(fractions) // 2]].iloc[0]
+    config = BenchConfig(
+        "lifecycle", names[0], int(row["guest_size"]), row["level"], vcpus=int(row["vcpus"]),
+        pattern=row["pattern"], layout=row["layout"],
+        touch_fraction=float(row["touch_fraction"]), seed=int(row["seed"]),
+        **{k: str(row[k]) for k in ("kernel", "sme_coherent", "mmu")
+           if k in row and isinstance(row[k], str)})
+    config = replace(config, guest_size=min(config.guest_size, SENSITIVITY_GIB << 30))
+    frame, summary = cached_sensitivity(config, names, profile, varied_costs(profile))
+    return config, frame, summary
+
+
+def _sensitivity_table(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(flips=frame["flips"].map({True: "FLIPS", False: "no"})).drop(
+        columns=["swing"]).round(4)
+
+
 def write_report(paths: Sequence[Path], outdir: Path,
                  profiles: Sequence[str | Path] | None = None) -> dict[str, Path]:
     """Write report.md, report.html (self-contained), the PNGs and summary.csv into outdir.
@@ -399,6 +436,29 @@ def write_report(paths: Sequence[Path], outdir: Path,
         b.figure(stem, title, lambda fn=fn: fn(df))
     b.table(lambda: break_even_table(df), "break-even")
 
+    loaded = _profiles(profiles)  # bad profiles refused before anything is drawn
+    b.h2("How sure: sensitivity of the answer")
+    sens = _sensitivity(df, loaded[-1])
+    if sens is None:
+        b.p("No lifecycle touch sweep in these results (lifecycle benchmarks at touch "
+            "fractions below 1): `pinbench simulate --strategy all --sensitivity` answers "
+            "this for any configuration.")
+    else:
+        config, frame, summary = sens
+        b.p(f"**Modelled**, under the {loaded[-1].name} profile: the lifecycle sweep's "
+            f"configuration ({config.level}, {config.vcpus} vCPU, {config.pattern}, touch "
+            f"fraction {config.touch_fraction:g}) for a "
+            f"{config.guest_size >> 30} GiB guest (kept small so that a report takes "
+            f"seconds; `pinbench simulate --strategy all --sensitivity --guest-size SIZE` "
+            f"for another). Each cost the profile marks as an assumption is set to its value "
+            f"x0.5 and x2, the others kept: the ratio {summary['runner_up']} / "
+            f"{summary['cheapest']} (base {summary['ratio']:.3g}), their break-even touch "
+            "fraction and the cheapest strategy at each end; a flip means the answer "
+            "depends on that assumption.")
+        b.figure("sensitivity", "Sensitivity (modelled)",
+                 lambda: plots.plot_tornado(frame, summary))
+        b.table(lambda: _sensitivity_table(frame), "sensitivity")
+
     b.h2("Model against published boot times")
     b.p("DESIGN §2's published boot times (RFC v2's cover letter; kernel 5.17-rc6, CPU and "
         "backing not stated) next to the model's boot of the same sizes, per variant and "
@@ -409,7 +469,6 @@ def write_report(paths: Sequence[Path], outdir: Path,
         "minus the model's own 4 GB `demand-v2` boot (that point is therefore not an error "
         "of the model's). Published GB are taken as GiB. Relative error = (modelled - "
         "published) / published; slopes are least-squares fits in ms per GB.")
-    loaded = _profiles(profiles)  # bad profiles refused before anything is drawn
     points, slopes = _published(loaded)
     b.table(lambda: slopes, "published vs model slopes")
     b.table(lambda: points, "published vs model points")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,20 +48,16 @@ def cache_dir() -> Path:
     return Path(base) / f"pinbench-{source_digest()}"
 
 
-def model_run(config: BenchConfig, profile: CostProfile) -> dict[str, Any]:
-    """The events and modelled time of each phase of ``config``'s lifecycle under
-    ``profile`` (and its error): from the cache when this model already ran it."""
-    key = hashlib.sha256(json.dumps([asdict(config), profile.costs, profile.spread],
-                                    sort_keys=True).encode()).hexdigest()[:24]
-    path = cache_dir() / "runs" / f"{key}.json"
+def cached(kind: str, key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``'s JSON-able result, stored under this model's cache directory by
+    ``kind`` and a digest of ``key`` (JSON-able): computed once per model and key."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_dir() / kind / f"{digest}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
-    from pinning.model.lifecycle import run_lifecycle
-
-    res = run_lifecycle(config, profile)
-    out = {"events": res.events, "model_ns": res.model_ns, "error": res.error}
+    out = compute()
     try:  # a cache that cannot be written is only slower
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -70,3 +67,16 @@ def model_run(config: BenchConfig, profile: CostProfile) -> dict[str, Any]:
     except OSError:
         pass
     return out
+
+
+def model_run(config: BenchConfig, profile: CostProfile) -> dict[str, Any]:
+    """The events and modelled time of each phase of ``config``'s lifecycle under
+    ``profile`` (and its error): from the cache when this model already ran it."""
+
+    def run() -> dict[str, Any]:
+        from pinning.model.lifecycle import run_lifecycle
+
+        res = run_lifecycle(config, profile)
+        return {"events": res.events, "model_ns": res.model_ns, "error": res.error}
+
+    return cached("runs", [asdict(config), profile.costs, profile.spread], run)

@@ -64,6 +64,22 @@ EVENT_COST: dict[str, tuple[str, float]] = {
     "wbinvd": ("wbinvd_ns", 1.0),
 }
 
+#: How a profile's value was obtained, from the comment block above its line: the
+#: default profile marks "ASSUMPTION:" (no published figure) and names a source for the
+#: rest; ``pinbench calibrate`` writes "measured: ... (lo-hi)" or "carried: ...".
+PROVENANCE_KINDS = ("assumption", "sourced", "measured", "carried", "unmarked")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where one profile value comes from, and the range it was measured over."""
+
+    kind: str  # one of PROVENANCE_KINDS
+    #: min and max of the repetitions, for a measured value that states them
+    low: float | None = None
+    high: float | None = None
+
+
 PROFILE_KEYS = ("name", "description", "machine")
 _REQUIRED_PROFILE_KEYS = ("name", "description")
 DEFAULT_SOURCE = "builtin:default"
@@ -81,6 +97,8 @@ class CostProfile:
     spread: dict[str, float] = field(hash=False, default_factory=lambda: dict.fromkeys(
         SPREAD_KEYS, 0.0))
     host: dict[str, object] = field(hash=False, default_factory=dict)
+    #: how each cost and spread was obtained (absent: the file did not say)
+    provenance: dict[str, Provenance] = field(hash=False, default_factory=dict)
 
     def as_array(self) -> np.ndarray:
         """The costs as float64, in :data:`COST_KEYS` order."""
@@ -95,7 +113,21 @@ class CostProfile:
             raise InputError(f"unknown cost key {sorted(unknown)[0]!r}")
         what = ", ".join(f"{k}={v:g}" for k, v in changes.items())
         return CostProfile(self.name, f"{self.description} ({what})", self.machine,
-                           f"{self.source} [{what}]", costs, spread, dict(self.host))
+                           f"{self.source} [{what}]", costs, spread, dict(self.host),
+                           dict(self.provenance))
+
+    def values(self) -> dict[str, float]:
+        """Every cost and spread by key."""
+        return {**self.costs, **self.spread}
+
+    def kind(self, key: str) -> str:
+        """How ``key``'s value was obtained; a value carried from the default profile is
+        an assumption where the default marks it so."""
+        mark = self.provenance.get(key, Provenance("unmarked"))
+        if mark.kind == "carried":
+            default = load_profile().provenance.get(key, Provenance("unmarked"))
+            return "assumption" if default.kind == "assumption" else "carried"
+        return mark.kind
 
 
 def load_profile(path: str | Path | None = None) -> CostProfile:
@@ -214,7 +246,39 @@ def _parse(data: bytes, source: str) -> CostProfile:
         costs={k: float(costs[k]) for k in COST_KEYS},
         spread={k: float(spread[k]) for k in SPREAD_KEYS},
         host=dict(host),
+        provenance=provenance(text),
     )
+
+
+_MARKS = {"assumption:": "assumption", "measured:": "measured", "carried:": "carried"}
+_KEY_LINE = re.compile(r"^\s*([A-Za-z_]+)\s*=")
+_RANGE = re.compile(r"\((\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)-(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)\)\s*$")
+
+
+def provenance(text: str) -> dict[str, Provenance]:
+    """How each cost and spread of a profile's TOML text was obtained, from the comment
+    block right above its line (blank lines end a block): "ASSUMPTION:", "measured:"
+    with its "(min-max)" at the end, "carried:", any other comment a source, none
+    "unmarked" (left out)."""
+    out: dict[str, Provenance] = {}
+    block: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            block.append(stripped.lstrip("#").strip())
+            continue
+        key = _KEY_LINE.match(line)
+        if key and key.group(1) in COST_KEYS + SPREAD_KEYS and block:
+            first = block[0].lower()
+            kind = next((k for prefix, k in _MARKS.items() if first.startswith(prefix)),
+                        "sourced")
+            low = high = None
+            span = _RANGE.search(" ".join(block)) if kind == "measured" else None
+            if span:
+                low, high = sorted((float(span.group(1)), float(span.group(2))))
+            out[key.group(1)] = Provenance(kind, low, high)
+        block = []
+    return out
 
 
 def _check_costs(costs: dict, source: str, text: str) -> None:

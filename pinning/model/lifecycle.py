@@ -22,7 +22,7 @@ from pinning.model.config import BenchConfig
 from pinning.model.costs import CostProfile, modelled_ns
 from pinning.model.kernels import engine as K
 from pinning.model.names import COUNTERS, MEASURED_PHASES, RUN_PHASES
-from pinning.model.state import State, new_state, reset_state, zero_metadata
+from pinning.model.state import State, memory_needed, new_state, reset_state, zero_metadata
 from pinning.model.strategies import Strategy
 from pinning.model.units import PAGE_SIZE, format_size, unit_pages
 from pinning.model.vcpu import VcpuResult, run_workload
@@ -89,22 +89,37 @@ def build_workload(config: BenchConfig) -> Workload:
         remap_fraction=config.remap_fraction if config.workload == "remap" else 0.0)
 
 
-# The state of the last configuration run in this process, reused by the next run of
-# the same shape (see state.reset_state for why).
+# The states of the last configurations run in this process, reused by the next run of
+# the same shape (see state.reset_state for why): one per strategy while they take at
+# most STATE_CACHE_BYTES together -- a side-by-side of strategies alternates between
+# them -- else only the last (a 1 TiB guest's arrays are ~9 GiB).
+STATE_CACHE_BYTES = 4 << 30
 _cached: dict[tuple, State] = {}
+
+
+def _state_bytes(state: State) -> int:
+    return sum(a.nbytes for a in state)
 
 
 def _state_for(strategy: Strategy, config: BenchConfig, remapped: int, keep: bool) -> State:
     if keep:  # the caller keeps it: never hand it to a later run
         return new_state(strategy, config.guest_pages, config.level, remapped)
     key = (strategy, config.guest_pages, config.level, remapped)
-    state = _cached.get(key)
+    state = _cached.pop(key, None)
+    # Keep the others only while all fit in the budget, the newest first; evict before
+    # allocating, so that a run never holds more than the preflight counted for it.
+    held = (_state_bytes(state) if state is not None else
+            memory_needed(strategy, config.guest_pages, config.level, remapped))
+    for other in reversed(list(_cached)):
+        if held + _state_bytes(_cached[other]) > STATE_CACHE_BYTES:
+            del _cached[other]
+        else:
+            held += _state_bytes(_cached[other])
     if state is None:
-        _cached.clear()  # one state at a time: they can be many GiB
-        state = _cached[key] = new_state(strategy, config.guest_pages, config.level,
-                                         remapped)
+        state = new_state(strategy, config.guest_pages, config.level, remapped)
     else:
         reset_state(state)
+    _cached[key] = state
     return state
 
 
