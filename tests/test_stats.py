@@ -8,15 +8,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from pinning.analysis.results import load_results
 from pinning.analysis.stats import (
     PUBLISHED_BOOT,
     break_even,
     latency_table,
+    mannwhitney_min_p,
     pair_key,
     published_k,
     scaling_fit,
+    shift_to_significance,
+    sign_test_units,
+    units_needed,
 )
 from pinning.model.names import InputError
 
@@ -199,3 +204,80 @@ def test_pair_key() -> None:
     name = "fault_storm/demand/8GiB/4k/4vcpu/random"
     assert pair_key(name) == "fault_storm/*/8GiB/4k/4vcpu/random"
     assert pair_key("other") == "other"
+
+
+# ---- what a comparison can detect -------------------------------------------------------------
+@pytest.mark.parametrize(("n1", "n2"), [(1, 1), (1, 5), (3, 3), (4, 4), (5, 5), (20, 3),
+                                        (60, 6), (8, 8)])
+def test_smallest_mann_whitney_p_is_complete_separation(n1: int, n2: int) -> None:
+    # with a side of at most 8, scipy's test is exact: 2 / C(n1 + n2, n1), at most 1
+    assert math.isclose(mannwhitney_min_p(n1, n2), min(1.0, 2 / math.comb(n1 + n2, n1)))
+    assert math.isclose(mannwhitney_min_p(n2, n1), mannwhitney_min_p(n1, n2))
+    assert mannwhitney_min_p(0, n2) == 1.0
+
+
+def test_smallest_p_beyond_8_a_side_is_scipys_approximation() -> None:
+    # above 8 a side scipy uses the normal approximation, whose floor is higher than the
+    # exact test's: 9 against 9 cannot go below 8 against 8
+    exact_9 = 2 / math.comb(18, 9)
+    assert mannwhitney_min_p(9, 9) > mannwhitney_min_p(8, 8) > exact_9
+    rng = np.random.default_rng(0)
+    for n in (9, 12, 30):  # no sample of n against n beats it
+        for _ in range(20):
+            x, y = rng.normal(size=n), rng.normal(size=n) + 10 * rng.random()
+            assert sps.mannwhitneyu(y, x).pvalue >= mannwhitney_min_p(n, n) * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 12, 16, 36, 63, 100])
+def test_processes_needed_for_holm_over_m(m: int) -> None:
+    expected = 1
+    while 2 / math.comb(2 * expected, expected) >= 0.05 / m:
+        expected += 1
+    assert expected <= 8  # the exact test's region, where the formula is scipy's test
+    assert units_needed(0.05 / m) == expected
+
+
+def test_processes_needed_skips_the_approximations_gap() -> None:
+    # 8 a side reach 0.0003 (exact 0.000155) but 9 do not (approximation 0.00041): "needs
+    # >= n" must hold for every larger n, so the answer is the first n past the gap
+    n = units_needed(0.0003)
+    assert n == 10
+    assert all(mannwhitney_min_p(k, k) < 0.0003 for k in range(n, 40))
+    assert mannwhitney_min_p(9, 9) >= 0.0003
+    with pytest.raises(InputError):
+        units_needed(0.0)
+
+
+def test_sign_test_units() -> None:
+    assert sign_test_units(0.05) == 6  # 2/2**6 = 0.031 < 0.05 <= 2/2**5
+    assert sign_test_units(0.01) == 8  # 2/2**8 = 0.0078 < 0.01 <= 2/2**7
+    with pytest.raises(InputError):
+        sign_test_units(1.5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shift_to_significance_is_the_boundary(seed: int) -> None:
+    # just past the shift, head + shift is significantly above base; just before, it is not
+    rng = np.random.default_rng(seed)
+    n1, n2 = rng.integers(4, 30, size=2)
+    base, head = rng.normal(0, 0.1, n1), rng.normal(0, 0.1, n2)
+    level = 0.05 / rng.integers(1, 20)
+    s = shift_to_significance(base, head, level)
+    assert math.isfinite(s) and s >= 0
+
+    def flagged(shift: float) -> bool:
+        res = sps.mannwhitneyu(head + shift, base, alternative="two-sided")
+        return bool(res.statistic > n1 * n2 / 2 and res.pvalue < level)
+
+    assert flagged(s + 1e-9)
+    if s > 1e-9:
+        assert not flagged(s - 1e-9)
+    assert s < shift_to_significance(base, head, level / 10)  # stricter: further
+
+
+def test_shift_to_significance_without_enough_units() -> None:
+    # 3 against 3 can never give p < 0.05 (0.1 at best), however far apart
+    assert math.isinf(shift_to_significance(np.zeros(3), np.arange(3.0), 0.05))
+    assert math.isinf(shift_to_significance(np.array([]), np.zeros(5), 0.05))
+    # no spread at all: any shift separates them
+    assert shift_to_significance(np.zeros(5), np.zeros(5), 0.05) == 0.0

@@ -277,3 +277,96 @@ def latency_table(df: pd.DataFrame) -> pd.DataFrame:
     out["p50_extra_ns"] = extra.where(~base)
     out["source"] = "modelled"
     return out.reset_index(drop=True)
+
+
+# ---- what a comparison can detect (used by pinning.analysis.compare) ---------------------------
+def mannwhitney_min_p(n1: int, n2: int) -> float:
+    """The smallest two-sided p-value :func:`scipy.stats.mannwhitneyu` can give ``n1``
+    against ``n2`` untied values, whatever they are (complete separation).
+
+    Decides whether a comparison can be significant at all before looking at its values.
+    Computed by scipy on separated samples, so it follows scipy's choice of method: exact
+    (``2 / C(n1 + n2, n1)``) when a side has at most 8 values, the normal approximation
+    with continuity correction beyond, whose smallest p is larger than the exact one
+    (9 against 9: 0.00041, not 0.000041). 1.0 when a side is empty.
+    """
+    if n1 < 1 or n2 < 1:
+        return 1.0
+    low = np.arange(n1, dtype=float)
+    high = np.arange(n1, n1 + n2, dtype=float)
+    return float(sps.mannwhitneyu(high, low, alternative="two-sided").pvalue)
+
+
+def units_needed(level: float, *, limit: int = 10_000) -> int:
+    """The least n such that n against n units, and any number above it, can give a
+    Mann-Whitney p below ``level`` (:func:`mannwhitney_min_p`).
+
+    For a suite of m benchmarks Holm's first step needs p < alpha / m, so
+    ``units_needed(alpha / m)`` is how many processes per side let a single change be
+    significant. "Any number above" matters because scipy switches from the exact test to
+    the normal approximation above 8 units, whose smallest p is larger. Raises InputError
+    when ``level`` is not in (0, 1] or ``limit`` units do not suffice.
+    """
+    if not 0 < level <= 1:
+        raise InputError(f"significance level {level!r} must be in (0, 1]")
+    last_fail = 0
+    for n in range(1, limit + 1):
+        if mannwhitney_min_p(n, n) >= level:
+            last_fail = n
+        elif n > 8:  # normal approximation from here on: its smallest p falls with n
+            return last_fail + 1
+    raise InputError(f"no design up to {limit} units per side reaches p < {level:g}")
+
+
+def shift_to_significance(base: np.ndarray, head: np.ndarray, level: float) -> float:
+    """The least shift s >= 0 such that ``head + s`` against ``base`` gives a two-sided
+    Mann-Whitney p below ``level`` with head above base; ``inf`` if no shift does.
+
+    Used on log values centred on their medians, where ``exp(s)`` is the ratio of medians
+    at which these samples' own spread would first be called significantly higher: a
+    minimum detectable effect for that design and that dispersion (an effect of this size
+    comes out significant in about half of repeated runs). U grows with s one pair at a
+    time, at the differences ``base_i - head_j``, so the answer is one of them (found by
+    bisection over them).
+    """
+    base = np.asarray(base, dtype=float)
+    head = np.asarray(head, dtype=float)
+    if base.size == 0 or head.size == 0:
+        return math.inf
+    edges = np.unique(np.subtract.outer(base, head).ravel())
+    # a shift strictly inside each gap (and past the last edge: complete separation)
+    gaps = np.diff(edges)
+    pad = gaps.min() if gaps.size else 1.0
+    probes = np.append(edges[:-1] + gaps / 2, edges[-1] + pad)
+    mean_u = base.size * head.size / 2
+
+    def significant(i: int) -> bool:
+        res = sps.mannwhitneyu(head + probes[i], base, alternative="two-sided")
+        return bool(res.statistic > mean_u and res.pvalue < level)
+
+    if not significant(len(probes) - 1):
+        return math.inf
+    lo, hi = -1, len(probes) - 1  # significant(hi) holds; the predicate is monotone in i
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if significant(mid):
+            hi = mid
+        else:
+            lo = mid
+    return max(0.0, float(edges[hi]))
+
+
+def sign_test_units(level: float, *, limit: int = 10_000) -> int:
+    """The least number k of independent pairs for which all k moving the same way gives
+    a two-sided sign-test p (:func:`scipy.stats.binomtest`, ``2 / 2**k``) below ``level``.
+
+    A percentile bootstrap over k units excludes "no change" whenever all k move the same
+    way, which without any change happens with probability ``2 / 2**k``: below this k a
+    bootstrap interval over them cannot carry a verdict at ``level`` (6 at 0.05).
+    """
+    if not 0 < level <= 1:
+        raise InputError(f"significance level {level!r} must be in (0, 1]")
+    for k in range(1, limit + 1):
+        if sps.binomtest(k, k).pvalue < level:
+            return k
+    raise InputError(f"no number of pairs up to {limit} reaches p < {level:g}")
