@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,14 @@ import numpy as np
 import pyperf
 import pytest
 
-from pinning.analysis.compare import Comparison, compare_files, main, parse_threshold
+from pinning.analysis.compare import (
+    SIGNIFICANT,
+    VERDICTS,
+    Comparison,
+    compare_files,
+    main,
+    parse_threshold,
+)
 from pinning.analysis.results import load_results
 from pinning.model.names import InputError
 
@@ -110,8 +118,8 @@ def test_false_positive_rate_with_unequal_sizes(tmp_path: Path) -> None:
     head = write(tmp_path / "h.json", [(n, draw(2000 + i, 3, 2, sigma=0.1), metadata(n))
                                        for i, n in enumerate(names)])
     c = compare_files(base, head, n_boot=500)
-    wrong = int((c.rows["verdict"] != "no significant change").sum())
-    assert wrong <= 8, c.rows[c.rows["verdict"] != "no significant change"]
+    wrong = int(c.rows["verdict"].isin(SIGNIFICANT).sum())
+    assert wrong <= 8, c.rows[c.rows["verdict"].isin(SIGNIFICANT)]
     assert c.geomean_lo < 1 < c.geomean_hi
     # a long suite's Markdown keeps the changes in view and folds the full table
     md = c.format("md")
@@ -160,16 +168,28 @@ def test_small_slowdown_below_threshold_does_not_gate(tmp_path: Path) -> None:
     assert only_row(strict)["gates"] and strict.exit_status() == 1
 
 
-def test_too_few_values_cannot_be_significant_and_say_so(tmp_path: Path) -> None:
+def least_processes(alpha: float, m: int) -> int:
+    """The least n per side whose complete separation, 2 / C(2n, n) (the exact two-sided
+    Mann-Whitney p), passes Holm's first step alpha / m -- written out independently."""
+    n = 1
+    while 2 / math.comb(2 * n, n) >= alpha / m:
+        n += 1
+    return n
+
+
+def test_too_few_values_cannot_tell_and_say_how_many_are_needed(tmp_path: Path) -> None:
     # 3 values against 3: Mann-Whitney's smallest two-sided p is 0.1, so even a 2x
-    # slowdown is "no significant change", and a note says why.
+    # slowdown cannot be significant: the verdict says so, not "no significant change".
     base, head = pair(tmp_path, draw(7, 1, 3), draw(8, 1, 3, scale=2e-3))
     c = compare_files(base, head)
     row = only_row(c)
     assert row["ratio"] > 1.8 and math.isclose(row["p_value"], 0.1)
-    assert row["verdict"] == "no significant change" and c.exit_status() == 0
-    assert any("3 vs 3 values" in n and "cannot reach" in n for n in c.notes)
-    assert "cannot reach" in c.format("text")
+    assert math.isclose(row["min_p"], 0.1) and not row["reachable"]
+    assert row["verdict"] == "cannot tell" and c.exit_status() == 0
+    assert row["needed_processes"] == least_processes(0.05, 1) == 4
+    text = c.format("text")
+    assert "cannot tell (needs >= 4 processes per side)" in text
+    assert "no significant change" not in text.split("Result:")[0]
 
 
 def process_draw(seed: int, runs: int, per_run: int, between: float, within: float = 0.01,
@@ -197,7 +217,10 @@ def test_between_process_noise_is_not_significant(tmp_path: Path) -> None:
     assert (c.rows["base_runs"] == 4).all() and (c.rows["base_n"] == 20).all()
     raw = int((c.rows["p_value"] < 0.05).sum())
     assert raw <= 6, c.rows  # about alpha of 40 before adjustment
-    assert (c.rows["verdict"] == "no significant change").all()  # none after Holm
+    # 4 against 4 cannot pass Holm over 40 (2/70 > 0.05/40): none could be flagged
+    assert not c.rows["verdict"].isin(SIGNIFICANT).any()
+    assert (c.rows["verdict"] == "cannot tell").all()
+    assert (c.rows["needed_processes"] == least_processes(0.05, 40)).all()
     assert c.exit_status() == 0
     assert not any("pooled" in n for n in c.notes)
 
@@ -208,8 +231,10 @@ def test_between_process_noise_is_not_significant(tmp_path: Path) -> None:
     naive = compare_files(pooled_b, pooled_h, n_boot=500)
     assert (naive.rows["unit"] == "value").all()
     assert int((naive.rows["p_value"] < 0.05).sum()) >= 4 * max(raw, 3)
-    assert (naive.rows["verdict"] != "no significant change").sum() >= 3  # even after Holm
-    assert any("single worker process" in n and "pooled" in n for n in naive.notes)
+    assert naive.rows["verdict"].isin(SIGNIFICANT).sum() >= 3  # even after Holm
+    note = next(n for n in naive.notes if "single worker process" in n and "pooled" in n)
+    assert "not in their intervals" in note and "overconfident" not in note
+    assert "cannot" not in note  # 20 values a side can reach significance
 
 
 def test_slowdown_of_every_process_is_detected_with_4_vs_4(tmp_path: Path) -> None:
@@ -229,8 +254,11 @@ def test_three_processes_a_side_cannot_gate_and_say_so(tmp_path: Path) -> None:
     c = compare_files(base, head)
     row = only_row(c)
     assert row["ratio"] > 1.9 and math.isclose(row["p_value"], 0.1)
-    assert row["verdict"] == "no significant change" and c.exit_status() == 0
-    assert any("3 vs 3 processes" in n and "cannot reach" in n for n in c.notes)
+    assert row["verdict"] == "cannot tell" and c.exit_status() == 0
+    assert row["needed_processes"] == 4 and math.isinf(row["mde"])
+    design = c.design_lines()
+    assert len(design) == 1 and "3x5 against 3x5" in design[0]
+    assert "no change can be significant" in design[0]
 
 
 def test_holm_adjustment() -> None:
@@ -293,6 +321,181 @@ def test_geomean_and_deterministic_intervals(tmp_path: Path) -> None:
     assert (sub["ratio_lo"], sub["ratio_hi"]) == tuple(c.rows.iloc[2][["ratio_lo", "ratio_hi"]])
 
 
+# ---- what a comparison can see ----------------------------------------------------------------
+def suite_files(tmp_path: Path, n: int, base_draw, head_draw) -> tuple[Path, Path, list[str]]:
+    """n benchmarks; ``base_draw(i)`` / ``head_draw(i)`` give benchmark i's runs."""
+    names = [f"startup/upfront/{i + 1}GiB/4k" for i in range(n)]
+    base = write(tmp_path / "b.json", [(nm, base_draw(i), metadata(nm))
+                                       for i, nm in enumerate(names)])
+    head = write(tmp_path / "h.json", [(nm, head_draw(i), metadata(nm))
+                                       for i, nm in enumerate(names)])
+    return base, head, names
+
+
+def test_two_quick_runs_cannot_tell_and_say_how_many_processes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The quick suite's design: 36 benchmarks, 1 process x 5 values a side (pooled). Even
+    # a 2x slowdown of one benchmark (complete separation) gives p = 2/252 = 0.0079, 0.286
+    # after Holm over 36: no change can be flagged, and the output must say so.
+    base, head, names = suite_files(
+        tmp_path, 36, lambda i: draw(500 + i, 1, 5),
+        lambda i: draw(600 + i, 1, 5, scale=2e-3 if i == 0 else 1e-3))
+    c = compare_files(base, head)
+    row = c.rows.set_index("name").loc[names[0]]
+    assert math.isclose(row["p_value"], 2 / math.comb(10, 5))
+    assert math.isclose(row["p_holm"], 36 * 2 / math.comb(10, 5))
+    needed = least_processes(0.05, 36)
+    assert needed == 7
+    assert (c.rows["verdict"] == "cannot tell").all()
+    assert (c.rows["needed_processes"] == needed).all() and not c.rows["reachable"].any()
+    assert np.isinf(c.rows["mde"]).all()
+    assert math.isclose(c.alpha_holm, 0.05 / 36) and c.needed_processes == needed
+    assert c.exit_status() == 0  # exit semantics unchanged: nothing gates
+    assert main(base, head) == 0
+    out = capsys.readouterr().out
+    row_line = next(ln for ln in out.splitlines() if ln.startswith(names[0] + " "))
+    assert row_line.endswith(f"cannot tell (needs >= {needed} processes per side)")
+    design = [ln for ln in out.splitlines() if ln.startswith("Design:")]
+    assert len(design) == 1  # one line says it for the whole suite
+    assert "1x5 against 1x5" in design[0] and "0.0079" in design[0]
+    assert f"0.05/36 = {0.05 / 36:.4f}" in design[0]
+    result = out.splitlines()[-1]
+    assert result.startswith("Result: CANNOT TELL") and f"needs >= {needed}" in result
+    assert "no significant change" not in row_line
+    note = next(n for n in c.notes if "pooled" in n)
+    assert "overconfident" not in note and "not in their intervals" in note
+    assert "none of them can reach significance after Holm over 36" in note
+    md = c.format("md")
+    assert md.startswith("### ⚠️ pinbench compare — CANNOT TELL")
+    doc = json.loads(c.format("json"))
+    assert doc["measured"]["reachable"] is False
+    assert doc["measured"]["needed_processes"] == needed
+    assert doc["measured"]["rows"][0]["mde"] is None  # infinite: nothing detectable
+
+
+def test_six_processes_a_side_detect_a_30_percent_slowdown(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, process_draw(21, 6, 3, between=0.05),
+                      process_draw(22, 6, 3, between=0.05, scale=1.3e-3))
+    c = compare_files(base, head)
+    row = only_row(c)
+    assert row["reachable"] and math.isclose(row["min_p"], 2 / math.comb(12, 6))
+    assert row["verdict"] == "slower" and row["gates"]
+    assert 1 < row["mde"] < row["ratio"]  # detected, so it was above what can be seen
+    assert row["mde_faster"] < 1
+    assert "slower (GATES)" in c.format("text")
+
+
+def quantile_draw(runs: int, between: float, offset: float, scale: float = 1e-3
+                  ) -> list[list[float]]:
+    """``runs`` processes whose log medians sit at the normal quantiles (i + offset) / runs
+    with sigma ``between``: the same spread whatever the number of processes."""
+    from scipy.stats import norm
+
+    return [[scale * math.exp(between * norm.ppf((i + offset) / runs)) * f
+             for f in (0.995, 1.0, 1.005)] for i in range(runs)]
+
+
+def test_mde_shrinks_as_processes_grow(tmp_path: Path) -> None:
+    # An A/A of processes spread by 10 % (the same spread at every n): the smallest
+    # detectable slowdown falls as the number of processes per side grows.
+    mdes, fasters = [], []
+    for n in (4, 8, 16, 32):
+        sub = tmp_path / str(n)
+        sub.mkdir()
+        base, head = pair(sub, quantile_draw(n, 0.1, 0.25), quantile_draw(n, 0.1, 0.75))
+        row = only_row(compare_files(base, head, n_boot=1000))
+        assert row["reachable"] and row["verdict"] == "no significant change"
+        mdes.append(row["mde"])
+        fasters.append(row["mde_faster"])
+    assert all(a > b for a, b in itertools.pairwise(mdes)), mdes
+    assert all(a < b for a, b in itertools.pairwise(fasters)), fasters
+    assert mdes[-1] < 1.1 < 1.2 < mdes[0]  # 4 a side need complete separation
+    # fewer than 4 a side: nothing is detectable
+    base, head = pair(tmp_path, quantile_draw(3, 0.1, 0.25), quantile_draw(3, 0.1, 0.75))
+    assert math.isinf(only_row(compare_files(base, head))["mde"])
+
+
+def test_mde_is_where_a_shift_of_the_same_data_becomes_significant(tmp_path: Path) -> None:
+    # Move head's processes so that the ratio of medians is just above / below the MDE:
+    # above, the benchmark is flagged; below, it is not.
+    b_runs = process_draw(31, 8, 3, between=0.08)
+    h_runs = process_draw(32, 8, 3, between=0.08)
+    base, head = pair(tmp_path, b_runs, h_runs)
+    row = only_row(compare_files(base, head))
+    b_med = float(np.median([np.median(r) for r in b_runs]))
+    h_med = float(np.median([np.median(r) for r in h_runs]))
+    for factor, flagged in ((1.002, True), (0.998, False)):
+        scale = row["mde"] * factor * b_med / h_med
+        sub = tmp_path / str(factor)
+        sub.mkdir()
+        moved = pair(sub, b_runs, [[v * scale for v in r] for r in h_runs])
+        verdict = only_row(compare_files(*moved))["verdict"]
+        assert (verdict == "slower") is flagged, (factor, verdict, row["mde"])
+
+
+def test_geomean_verdict_of_a_suite_wide_shift(tmp_path: Path) -> None:
+    # 12 benchmarks of 4 processes a side: none alone can pass Holm over 12 (2/70 > 0.05/12),
+    # but every one 15 % slower is a suite-wide slowdown the geometric mean shows.
+    base, head, _ = suite_files(
+        tmp_path, 12, lambda i: process_draw(900 + i, 4, 3, between=0.05),
+        lambda i: process_draw(950 + i, 4, 3, between=0.05, scale=1.15e-3))
+    c = compare_files(base, head)
+    assert (c.rows["verdict"] == "cannot tell").all()
+    assert c.geo.verdict == "slower" and 1 < c.geomean_lo < c.geomean < c.geomean_hi
+    assert c.geo.reachable and 1 < c.geo.mde < c.geomean
+    assert "two-stage bootstrap over its processes" in c.geo.method
+    assert c.exit_status() == 0  # the geometric mean does not gate
+    text = c.format("text")
+    assert f"[{c.geomean_lo:.3f}, {c.geomean_hi:.3f}]" in text
+    assert "geometric mean +" in text.splitlines()[-1] and ": slower;" in text.splitlines()[-1]
+    doc = json.loads(c.format("json"))["measured"]
+    assert doc["geomean_verdict"] == "slower" and doc["geomean_lo"] == c.geomean_lo
+    assert doc["geomean_mde"] == c.geo.mde
+    # the same design without the shift
+    same = tmp_path / "aa"
+    same.mkdir()
+    aa_b, aa_h, _ = suite_files(
+        same, 12, lambda i: process_draw(900 + i, 4, 3, between=0.05),
+        lambda i: process_draw(950 + i, 4, 3, between=0.05))
+    aa = compare_files(aa_b, aa_h)
+    assert aa.geo.verdict == "no significant change"
+    assert aa.geomean_lo < 1 < aa.geomean_hi
+
+
+def test_geomean_of_pooled_runs_resamples_benchmarks(tmp_path: Path) -> None:
+    # The issue's case: two quick runs (1 process x 5 values a side), every benchmark about
+    # 28 % slower, processes differing by 10 %. No benchmark can be flagged; the geometric
+    # mean, bootstrapped over the 36 benchmarks (each its own pair of processes), can.
+    base, head, _ = suite_files(
+        tmp_path, 36, lambda i: process_draw(1100 + i, 1, 5, between=0.1),
+        lambda i: process_draw(1200 + i, 1, 5, between=0.1, scale=1.28e-3))
+    c = compare_files(base, head)
+    assert (c.rows["verdict"] == "cannot tell").all()
+    assert c.geo.verdict == "slower" and c.geo.pairs == 36
+    assert "over the benchmarks" in c.geo.method
+    # its width is that of a mean over 36 benchmarks' log ratios (normal approximation),
+    # not of the values' 1 % spread within a process
+    logs = np.log(c.rows["ratio"].to_numpy(float))
+    expected = 2 * 1.96 * logs.std(ddof=1) / math.sqrt(36)
+    assert 0.75 * expected < math.log(c.geomean_hi / c.geomean_lo) < 1.25 * expected
+
+
+def test_geomean_cannot_tell_from_one_pooled_benchmark(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, draw(41, 1, 20), draw(42, 1, 20, scale=1.5e-3))
+    c = compare_files(base, head)
+    assert only_row(c)["verdict"] == "slower"  # its 20 values can: they say so in a note
+    assert c.geo.verdict == "cannot tell"  # one pair of processes cannot speak for the suite
+    # a sign test needs 6 pairs (2/2**6 < 0.05 <= 2/2**5); 4 processes a side suffice here
+    assert c.geo.pairs == 1 and c.geo.pairs_needed == 6 and c.geo.needed_processes == 4
+    assert "cannot tell (needs >= 4 processes per side)" in c.format("text")
+
+
+def test_every_verdict_is_counted_in_the_result_line(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, draw(7, 1, 3), draw(8, 1, 3))
+    last = compare_files(base, head).format("text").splitlines()[-1]
+    assert all(f" {v}" in last for v in VERDICTS)
+
+
 # ---- modelled metadata ------------------------------------------------------------------------
 def test_model_change_is_reported_and_gates_only_on_request(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -312,6 +515,30 @@ def test_model_change_is_reported_and_gates_only_on_request(
     assert "Result: FAIL: 2 modelled values changed" in out
     assert main(base, head) == 0
     assert "does not gate" in capsys.readouterr().out
+
+
+def test_model_changes_come_first_with_their_relative_size(tmp_path: Path) -> None:
+    pins = 4 * 2**18
+    head_md = metadata(**{"events.startup.pins": int(pins * 1.032),
+                          "model.startup_ns": 662.0 * pins * 0.5, "model.remap_ns": 5.0})
+    base, head = pair(tmp_path, draw(9, 5, 3), draw(10, 5, 3), head_md=head_md)
+    c = compare_files(base, head)
+    text = c.format("text")
+    lines = text.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith(NAME))
+    timed = next(i for i, ln in enumerate(lines) if ln.startswith("SIMULATOR SPEED"))
+    assert lines[2].startswith("MODELLED") and first < timed
+    change = {ln.split()[1]: ln.split()[-2:] for ln in lines[:timed] if ln.startswith(NAME)}
+    assert change["events.startup.pins"] == ["+3.2", "%"]
+    assert change["model.startup_ns"] == ["-50", "%"]
+    assert change["model.remap_ns"][-1] == "added"
+    md = c.format("md")
+    assert md.index("| events.startup.pins |") < md.index("#### Simulator speed")
+    assert "| +3.2 % |" in md and "| -50 % |" in md
+    rel = {r["key"]: r["relative"] for r in json.loads(c.format("json"))["modelled"]
+           ["model_changes"]}
+    assert rel == {"events.startup.pins": pytest.approx(0.032, abs=1e-6),
+                   "model.startup_ns": -0.5, "model.remap_ns": None}
 
 
 def test_identical_metadata_is_no_model_change(tmp_path: Path) -> None:
@@ -389,20 +616,22 @@ def test_refuses_non_pinbench_files(tmp_path: Path) -> None:
 
 def test_real_results_files() -> None:
     same = compare_files(REFERENCE, REFERENCE)
-    assert len(same.rows) == 36 and not same.only_base and not same.only_head
-    assert (same.rows["ratio"] == 1).all() and (same.rows["verdict"] == "no significant change"
-                                                ).all()
+    n = len(load_results(REFERENCE))
+    assert n >= 36 and len(same.rows) == n and not same.only_base and not same.only_head
+    # one process x 5 values a side, pooled: 2/252 cannot pass 0.05/n
+    assert (same.rows["ratio"] == 1).all() and (same.rows["verdict"] == "cannot tell").all()
+    assert (same.rows["needed_processes"] == least_processes(0.05, n)).all()
+    assert same.geo.verdict == "no significant change" and same.geomean_lo == 1
     assert same.model_changes.empty and same.geomean == 1 and same.exit_status(True) == 0
-    # the older sample predates the pricing of metadata zeroing at startup
+    # the older sample is results schema 1 (the reference 2): its 36 benchmarks' timed
+    # values are compared, the modelled ones as one change of the counting rules
     c = compare_files(SAMPLE, REFERENCE)
-    assert c.suite == "quick" and len(c.rows) == 36
-    demand = c.model_changes[(c.model_changes["name"] == "startup/demand/4GiB/4k")
-                             & (c.model_changes["key"] == "model.startup_ns")]
-    ref = load_results(REFERENCE).set_index("name")
-    expected = ref.loc["startup/demand/4GiB/4k", "model_startup_ns"]
-    assert expected > 0
-    assert demand[["base", "head"]].to_dict("records") == [{"base": 0.0, "head": expected}]
-    assert any("cost.zero_metadata_ns" in n for n in c.notes)
+    assert c.suite == "quick" and len(c.rows) == 36 and len(c.only_head) == n - 36
+    assert c.rows["ratio"].notna().all()
+    assert c.model_changes[["key", "base", "head"]].values.tolist() == [
+        ["pinbench.schema", "1", "2"]]
+    assert any("counting rules differ" in n for n in c.notes)
+    assert any("cost.npf_exit_ns 2000.0 → 560.0" in n for n in c.notes)
     assert c.exit_status(fail_on_model_change=True) == 1
 
 
@@ -420,11 +649,13 @@ def slow(tmp_path: Path) -> Comparison:
 def test_text_output(slow: Comparison) -> None:
     text = slow.format("text")
     lines = text.splitlines()
-    assert "MEASURED" in text and "MODELLED" in text
+    assert "SIMULATOR SPEED" in text and "MODELLED" in text
+    assert text.index("MODELLED") < text.index("SIMULATOR SPEED")  # exact changes first
     assert "Mann-Whitney U" in text and "95 % two-stage bootstrap CI" in text
     assert "ratio of medians exceeds 1.05 (threshold 5 %)" in text
-    header = next(ln for ln in lines if ln.startswith("benchmark "))
-    row = next(ln for ln in lines if ln.startswith(NAME))
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("benchmark ") and "verdict" in ln)
+    header = lines[at]
+    row = next(ln for ln in lines[at:] if ln.startswith(NAME))
     assert row.index("slower (GATES)") == header.index("verdict")  # aligned columns
     assert lines[-1].startswith("Result: FAIL: 1 benchmark significantly slower")
     assert lines[-1].endswith("(exit 1)")
@@ -434,9 +665,11 @@ def test_markdown_output(slow: Comparison) -> None:
     md = slow.format("md", fail_on_model_change=True)
     lines = md.splitlines()
     assert lines[0].startswith("### ❌ pinbench compare — FAIL: 1 benchmark")
-    assert "#### Measured" in md and "#### Modelled" in md
+    assert "#### Simulator speed" in md and "#### Modelled" in md
+    assert md.index("#### Modelled") < md.index("#### Simulator speed")
     assert "Mann-Whitney U" in md and "threshold 5 %" in md
-    table = [ln for ln in lines if ln.startswith("| ")]
+    timed = md.index("#### Simulator speed")
+    table = [ln for ln in md[timed:].splitlines() if ln.startswith("| ")]
     assert table[0].startswith("| benchmark | base median |")
     assert set(table[1].replace("|", "").split()) == {"---", "--:"}
     assert sum(NAME in ln and "🔴 slower (GATES)" in ln for ln in table) == 1
@@ -457,7 +690,8 @@ def test_json_output(slow: Comparison) -> None:
     assert doc["measured"]["gating"] == [NAME]
     assert doc["measured"]["geomean_lo"] <= doc["measured"]["geomean"]
     assert doc["modelled"]["model_changes"] == [
-        {"name": NAME, "key": "events.startup.pins", "base": 1048576, "head": 7}]
+        {"name": NAME, "key": "events.startup.pins", "base": 1048576, "head": 7,
+         "relative": (7 - 1048576) / 1048576}]
     assert doc["only_base"] == [] and doc["only_head"] == []
 
 
@@ -478,3 +712,42 @@ def test_parse_threshold(text: str, value: float) -> None:
 def test_parse_threshold_refuses(text: str) -> None:
     with pytest.raises(InputError, match="threshold"):
         parse_threshold(text)
+
+
+def test_help_prints_percent_signs_once() -> None:
+    # argparse %-formats an argument's help but not a parser's description, so "95%%" in a
+    # description reached the user as "95%%".
+    import argparse
+
+    from pinning.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {name: sub.format_help() for name, sub in subs.choices.items()}
+    assert "compare" in helps and len(helps) >= 5
+    assert "95%" in helps["compare"]
+    for name, text in [("pinbench", parser.format_help()), *helps.items()]:
+        assert "%%" not in text and "%(" not in text, name
+
+
+def test_runs_one_after_the_other_qualify_the_geometric_mean(tmp_path: Path) -> None:
+    # Every benchmark 20 % faster in head, measured an hour after base: the geometric mean
+    # is significant, but a shared change may be the machine's, and the output says so.
+    names = [f"startup/upfront/{i + 1}GiB/4k" for i in range(8)]
+    base = write(tmp_path / "b.json", [
+        (n, process_draw(1300 + i, 4, 3, between=0.02), metadata(n, date="2026-01-01 10:00:00"))
+        for i, n in enumerate(names)])
+    head = write(tmp_path / "h.json", [
+        (n, process_draw(1400 + i, 4, 3, between=0.02, scale=0.8e-3),
+         metadata(n, date="2026-01-01 11:00:00")) for i, n in enumerate(names)])
+    c = compare_files(base, head)
+    assert c.geo.verdict == "faster" and c.geo.sequential
+    assert any("one after the other" in n and "2026-01-01 10:00" in n for n in c.notes)
+    assert "faster (runs one after the other" in c.format("text").splitlines()[-1]
+    # the same runs at overlapping times (interleaved, as compare-branches runs them)
+    same = write(tmp_path / "h2.json", [
+        (n, process_draw(1400 + i, 4, 3, between=0.02, scale=0.8e-3),
+         metadata(n, date="2026-01-01 10:00:00")) for i, n in enumerate(names)])
+    c2 = compare_files(base, same)
+    assert c2.geo.verdict == "faster" and not c2.geo.sequential
+    assert not any("one after the other" in n for n in c2.notes)

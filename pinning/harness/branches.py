@@ -325,7 +325,10 @@ def noise_floor(rows) -> dict[str, object]:
     dev = (rows["ratio"].astype(float) - 1.0).abs()
     half = (rows["ratio_hi"].astype(float) - rows["ratio_lo"].astype(float)) / 2
     hier = "unit" in rows and bool((rows["unit"] == "process").all())
-    sig = (rows["verdict"] != "no significant change") if "verdict" in rows else dev < 0
+    from pinning.analysis.compare import SIGNIFICANT
+
+    # "cannot tell" is no more a significant change than "no significant change"
+    sig = rows["verdict"].isin(SIGNIFICANT) if "verdict" in rows else dev < 0
     if hier:
         worst = float(dev[sig].max()) if sig.any() else 0.0
         threshold = _whole_pct(worst + 1e-9) if sig.any() else 0.01
