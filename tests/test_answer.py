@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 
 from pinning.analysis import answer as A
@@ -208,3 +209,25 @@ def test_simulate_bad_answer_options_are_one_line_exit_2(capsys, argv, message) 
     assert main(["simulate", *argv, *SMALL]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_sensitivity_is_the_same_serial_or_in_workers(monkeypatch, n_workers) -> None:
+    profile = load_profile().with_costs(clflush_page_ns=3000.0)
+    costs = A.varied_costs(profile)[:3]
+    monkeypatch.setattr(A, "workers", lambda lc, tasks: 1)
+    serial, _ = A.sensitivity(A.Lifecycles(config(), profile), ("upfront", "demand"), costs)
+    monkeypatch.setattr(A, "workers", lambda lc, tasks: n_workers)
+    lc = A.Lifecycles(config(), profile)
+    forked, _ = A.sensitivity(lc, ("upfront", "demand"), costs)
+    pd.testing.assert_frame_equal(serial, forked)
+    assert lc.runs > 0
+
+
+def test_break_evens_match_one_search_per_pair(monkeypatch) -> None:
+    monkeypatch.setattr(A, "workers", lambda lc, tasks: 2)
+    profile = load_profile().with_costs(clflush_page_ns=3000.0)
+    names = ("upfront", "demand", "demand-v2")
+    got = A.break_evens(A.Lifecycles(config(), profile), names)
+    alone = [A.break_even(A.Lifecycles(config(), profile), a, b) for a, b in A.pairs(names)]
+    assert got == alone

@@ -264,7 +264,9 @@ def test_report_writes_everything(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert f"]({stem}.png)" in md
     assert "| family | benchmark |" in md
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(plots.PLOTS)
+    # every plot of the results, and the sensitivity tornado (a model run of its own)
+    assert "sensitivity.png" in written and "](sensitivity.png)" in md
+    assert page.count("data:image/png;base64,") == len(plots.PLOTS) + 1
     assert not re.search(r'src="(?!data:)', page)  # nothing external
     csv = pd.read_csv(out / "summary.csv")
     assert len(csv) == 36 and "events_startup_pins" in csv
@@ -405,3 +407,36 @@ def test_two_calibrations_of_one_name_are_told_apart(tmp_path: Path,
     after = "calibrated (calibrated-reference-after.toml) profile"
     assert f"Under the {after}, warm host" in md
     assert all(after in ax.get_title() for ax in drawn[0].axes)
+
+
+def test_report_sets_the_sensitivity_of_the_lifecycle_sweep(tmp_path: Path) -> None:
+    """The tornado section: the sweep's configuration at 1 GiB under the profile, every
+    assumption of the profile varied, rows as sensitivity() gives them."""
+    from pinning.analysis.answer import Lifecycles, sensitivity, varied_costs
+    from pinning.analysis.report import SENSITIVITY_GIB
+    from pinning.model.config import BenchConfig
+    from pinning.model.costs import load_profile
+
+    write_report([SAMPLE], tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    section = md.split("## How sure: sensitivity of the answer", 1)[1].split("\n## ", 1)[0]
+    sweep = load_results(SAMPLE)
+    sweep = sweep[(sweep["family"] == "lifecycle") & (sweep["touch_fraction"] < 1)]
+    fractions = sorted(sweep["touch_fraction"].unique())
+    row = sweep[sweep["touch_fraction"] == fractions[len(fractions) // 2]].iloc[0]
+    names = [s for s in ("upfront", "demand", "demand-v2") if s in set(sweep["strategy"])]
+    config = BenchConfig("lifecycle", names[0], SENSITIVITY_GIB << 30, row["level"],
+                         vcpus=int(row["vcpus"]), pattern=row["pattern"],
+                         touch_fraction=float(row["touch_fraction"]))
+    profile = load_profile()
+    frame, summary = sensitivity(Lifecycles(config, profile), names, varied_costs(profile))
+    assert f"base {summary['ratio']:.3g}" in section
+    for _, r in frame.iterrows():
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {r['key']} |"))
+        assert f"| {r['ratio_low']:.4g} |" in line or f"| {round(r['ratio_low'], 4)} |" in line
+        assert ("FLIPS" in line) == bool(r["flips"])
+    assert "](sensitivity.png)" in section
+
+    startup_only = only_families(tmp_path, "startup")
+    write_report([startup_only], tmp_path / "s")
+    assert "No lifecycle touch sweep" in (tmp_path / "s" / "report.md").read_text()

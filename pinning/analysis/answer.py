@@ -27,7 +27,8 @@ re-runs the lifecycle (the vCPU model's queueing is not linear in the costs).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -80,13 +81,18 @@ class Lifecycles:
 
     ``config`` gives everything but the strategy and the touch fraction; ``workload``
     (a trace's) replaces its pattern, and then the touch fraction cannot change.
+    ``max_workers`` > 1 lets independent points run in forked processes: the caller
+    says how many fit in memory (a worker keeps up to
+    :data:`pinning.model.lifecycle.STATE_CACHE_BYTES` of states of its own).
     """
 
     def __init__(self, config: BenchConfig, profile: CostProfile,
-                 workload: Workload | None = None) -> None:
+                 workload: Workload | None = None, max_workers: int = 1) -> None:
         self.config = config
         self.profile = profile
         self.workload = workload
+        #: processes independent points may run in (see :func:`parallel`)
+        self.max_workers = max_workers
         self.runs = 0  # lifecycles run (not re-priced, not cached)
         self._cache: dict[tuple, Outcome] = {}
         # The guest's accesses at a fraction are the same for every strategy and cost:
@@ -110,6 +116,22 @@ class Lifecycles:
         events and modelled times are the model's on every backing)."""
         key = (strategy, self.config.touch_fraction, ())
         self._cache[key] = _outcome(strategy, self.config.touch_fraction, res, self.profile)
+
+    def prefetch(self, points: Iterable[tuple[str, float | None, dict[str, float] | None]]
+                 ) -> None:
+        """Evaluate the points not yet known, in parallel where CPUs and memory allow
+        (each point is independent: a lifecycle of its own)."""
+        todo, seen = [], set()
+        for strategy, fraction, changes in points:
+            f = self.config.touch_fraction if fraction is None else float(fraction)
+            key = (strategy, f, tuple(sorted((changes or {}).items())))
+            if key not in self._cache and key not in seen:
+                seen.add(key)
+                todo.append((strategy, f, dict(changes or {})))
+        for point, (out, runs) in zip(todo, parallel(self, _point_task, todo), strict=True):
+            strategy, f, changes = point
+            self._cache[(strategy, f, tuple(sorted(changes.items())))] = out
+            self.runs += runs
 
     def total_ns(self, strategy: str, fraction: float | None = None,
                  changes: dict[str, float] | None = None) -> float:
@@ -165,6 +187,51 @@ def _repriceable(base: Outcome, changes: dict[str, float]) -> bool:
             if any(events.get(counter, 0) for counter in priced[key]):
                 return False
     return True
+
+
+# -------------------------------------------------------------------------- parallel
+
+#: The Lifecycles a forked worker inherits (set right before the pool forks).
+_INHERITED: Lifecycles | None = None
+
+
+def workers(lc: Lifecycles, tasks: int) -> int:
+    """Processes for ``tasks`` independent lifecycles: at most ``lc.max_workers`` (its
+    creator knows the memory: each worker holds guests' arrays of its own) and this
+    machine's CPUs; 1 where fork is missing."""
+    if tasks < 2 or not hasattr(os, "fork"):
+        return 1
+    return max(1, min(lc.max_workers, os.cpu_count() or 1, tasks))
+
+
+def parallel(lc: Lifecycles, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
+    """``[fn(task) for task in tasks]``, spread over :func:`workers` forked processes that
+    inherit ``lc`` (its cache, the compiled kernels); ``fn`` reads it as
+    ``_INHERITED`` and returns the runs it made last, which the caller adds to
+    ``lc.runs``. Serial when one worker is all there is room for."""
+    global _INHERITED
+    _INHERITED = lc
+    n = workers(lc, len(tasks))
+    if n == 1:
+        # In this process: the tasks count their runs into lc too, and return them as a
+        # worker would -- counted once, by the caller.
+        before = lc.runs
+        out = [fn(task) for task in tasks]
+        lc.runs = before
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(fn, tasks))
+
+
+def _point_task(point: tuple[str, float, dict[str, float]]) -> tuple[Outcome, int]:
+    lc = _INHERITED
+    assert lc is not None
+    runs = lc.runs
+    out = lc.outcome(*point)
+    return out, lc.runs - runs
 
 
 # --------------------------------------------------------------------------- answers
@@ -313,6 +380,22 @@ def _secant(diff, guess: float, other: float, steps: int = 3) -> tuple[float, fl
     return None
 
 
+def break_evens(lc: Lifecycles, names: Sequence[str]) -> list[BreakEven]:
+    """The break-even of every pair: the points every search starts from -- each
+    strategy at 0, and at 1 where a pair does not change sign between 0 and the
+    configuration's fraction -- evaluated first, in parallel."""
+    known = lc.config.touch_fraction
+    lc.prefetch([(s, f, None) for s in names for f in (0.0, known)])
+    ends = set()
+    for a, b in pairs(names):
+        d0 = lc.total_ns(b, 0.0) - lc.total_ns(a, 0.0)
+        dk = lc.total_ns(b, known) - lc.total_ns(a, known)
+        if not (0.0 < known < 1.0 and d0 * dk < 0):
+            ends.update((a, b))
+    lc.prefetch([(s, 1.0, None) for s in names if s in ends])
+    return [break_even(lc, a, b) for a, b in pairs(names)]
+
+
 def pairs(names: Sequence[str]) -> list[tuple[str, str]]:
     """Every pair of strategies, in the order given."""
     return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
@@ -388,19 +471,21 @@ def sensitivity(lc: Lifecycles, names: Sequence[str], costs: Sequence[Varied]
     fractional = lc.workload is None and lc.config.pattern != "boot"
     base_be = break_even(lc, winner, runner) if fractional else None
     guess = base_be.fraction if base_be else None
+    global _FOCUS
+    _FOCUS = (tuple(names), winner, runner, fractional, guess)
+    ends = [(v.key, value) for v in costs for value in (v.low, v.high)]
+    results = iter(parallel(lc, _end_task, ends))
     rows = []
     for v in costs:
         row: dict = {"key": v.key, "kind": v.kind, "range": v.how, "base": v.base,
                      "low": v.low, "high": v.high}
-        for end, value in (("low", v.low), ("high", v.high)):
-            changes = {v.key: value}
-            totals = {s: lc.total_ns(s, None, changes) for s in names}
+        for end in ("low", "high"):
+            totals, fraction, runs = next(results)
+            lc.runs += runs
             row[f"ratio_{end}"] = (totals[runner] / totals[winner]
                                    if totals[winner] > 0 else math.nan)
             row[f"cheaper_{end}"] = min(totals, key=totals.__getitem__)
-            be = break_even(lc, winner, runner, changes, guess) if fractional else None
-            row[f"break_even_{end}"] = (be.fraction if be and be.fraction is not None
-                                        else math.nan)
+            row[f"break_even_{end}"] = math.nan if fraction is None else fraction
         row["flips"] = row["cheaper_low"] != winner or row["cheaper_high"] != winner
         row["swing"] = abs(row["ratio_high"] - row["ratio_low"])
         rows.append(row)
@@ -409,6 +494,23 @@ def sensitivity(lc: Lifecycles, names: Sequence[str], costs: Sequence[Varied]
     summary = {"cheapest": winner, "runner_up": runner, "ratio": base.ratio(runner),
                "break_even": base_be.fraction if base_be else None}
     return frame, summary
+
+
+#: What every end of a sensitivity run compares (set before the pool forks).
+_FOCUS: tuple = ()
+
+
+def _end_task(end: tuple[str, float]) -> tuple[dict[str, float], float | None, int]:
+    """One end of one varied cost: every strategy's total at the configuration's
+    fraction, and the focus pair's break-even (None: none in 0..1)."""
+    lc = _INHERITED
+    assert lc is not None
+    names, winner, runner, fractional, guess = _FOCUS
+    runs = lc.runs
+    changes = {end[0]: end[1]}
+    totals = {s: lc.total_ns(s, None, changes) for s in names}
+    be = break_even(lc, winner, runner, changes, guess) if fractional else None
+    return totals, (be.fraction if be else None), lc.runs - runs
 
 
 def cached_sensitivity(config: BenchConfig, names: Sequence[str], profile: CostProfile,

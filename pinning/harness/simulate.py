@@ -57,6 +57,21 @@ def preflight_all(configs: list[BenchConfig], workload: Workload | None) -> None
                    f"guest side by side")
 
 
+def _workers(config: BenchConfig, workload: Workload | None) -> int:
+    """Processes the answer's independent lifecycles may run in: each holds a state per
+    strategy up to the lifecycle cache's budget, plus a workload, within the memory
+    the headroom rule leaves (hostmem.usable_memory)."""
+    from pinning.backends.hostmem import usable_memory
+    from pinning.model.lifecycle import STATE_CACHE_BYTES
+    from pinning.model.state import config_bytes
+
+    one = config_bytes(replace(config, touch_fraction=1.0, backing="sim", host="warm"),
+                       workload)
+    per = one + min(STATE_CACHE_BYTES, 2 * one)
+    usable, _ = usable_memory()
+    return max(1, int(usable // per) - 1)  # the answering process keeps its own
+
+
 def simulate(config: BenchConfig, names: tuple[str, ...], profile: CostProfile,
              workload: Workload | None = None, *, sensitivity: bool = False,
              vary: tuple[str, ...] = (), factors: tuple[float, float] | None = None
@@ -78,7 +93,7 @@ def simulate(config: BenchConfig, names: tuple[str, ...], profile: CostProfile,
     preflight_all(configs, workload)
     # Compile or load the kernels first so that no phase's time includes the JIT.
     warm_up()
-    runs, lc = {}, A.Lifecycles(config, profile, workload)
+    runs, lc = {}, A.Lifecycles(config, profile, workload, max_workers=_workers(config, workload))
     for c in configs:
         res = TABLE[c.backing].run(c, profile, workload)
         runs[c.strategy] = _run_object(c, res, profile)
@@ -111,7 +126,7 @@ def simulate(config: BenchConfig, names: tuple[str, ...], profile: CostProfile,
     out["break_even"] = [
         {"a": be.a, "b": be.b, "fraction": be.fraction, "cheaper_below": be.cheaper_below,
          "cheaper_above": be.cheaper_above}
-        for be in (A.break_even(lc, a, b) for a, b in A.pairs(names))] if fractional else None
+        for be in A.break_evens(lc, names)] if fractional else None
     if sensitivity:
         frame, base = A.sensitivity(lc, names, costs)
         out["sensitivity"] = {**base, "rows": frame.to_dict(orient="records")}
