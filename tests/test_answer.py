@@ -231,3 +231,20 @@ def test_break_evens_match_one_search_per_pair(monkeypatch) -> None:
     got = A.break_evens(A.Lifecycles(config(), profile), names)
     alone = [A.break_even(A.Lifecycles(config(), profile), a, b) for a, b in A.pairs(names)]
     assert got == alone
+
+
+def test_a_strategy_that_cannot_run_is_named_not_compared(capsys) -> None:
+    # 512 MiB may be locked: upfront and RFC v2 register (and lock) all 1 GiB at startup
+    argv = ["simulate", "--strategy", "all", "--guest-size", "1GiB", "--pattern", "random",
+            "--touch-fraction", "0.5", "--memlock-limit", "512MiB"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    failed = {s for s, run in out["runs"].items() if run["error"]}
+    assert failed == {"upfront", "demand-v2"}
+    assert out["answer"]["cheapest"] == "demand"
+    assert {s for s, r in out["answer"]["ratio_to_cheapest"].items() if r is None} == failed
+    assert out["break_even"] is None and "fewer than two" in out["break_even_note"]
+    assert main([*argv, "--sensitivity"]) == 0
+    text = capsys.readouterr().out
+    assert "upfront could not run" in text and "teardown" in text
+    assert "sensitivity: not computed" in text

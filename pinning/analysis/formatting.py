@@ -142,17 +142,23 @@ def comparison_text(res: dict[str, Any]) -> str:
     for s in names:
         if runs[s]["error"]:
             lines.append(f"{s}: error: {runs[s]['error']}")
-    phases = list(runs[names[0]]["modelled_ns"])
+    phases = list(dict.fromkeys(p for s in names for p in runs[s]["modelled_ns"]))
+    phases.append(phases.pop(phases.index("total")))  # the total last
     table("modelled time (events x cost profile; the guest's accesses by the vCPU model)",
           [(p, [seconds(runs[s]["modelled_ns"].get(p, 0.0) / 1e9) for s in names])
            for p in phases])
     ans = res["answer"]
     best = ans["cheapest"]
-    others = sorted((s for s in names if s != best), key=lambda s: ans["ratio_to_cheapest"][s])
-    lines += ["", f"answer (modelled): {best} is the cheapest, "
-              f"{seconds(ans['modelled_total_ns'][best] / 1e9)}; "
-              + ", ".join(f"{s} takes {ans['ratio_to_cheapest'][s]:.3g}x as long"
-                          for s in others)]
+    ratios = ans["ratio_to_cheapest"]
+    others = sorted((s for s in names if s != best and ratios[s] is not None),
+                    key=lambda s: ratios[s])
+    if best is None:
+        lines += ["", "answer (modelled): none: no strategy could run (errors above)"]
+    else:
+        lines += ["", f"answer (modelled): {best} is the cheapest, "
+                  f"{seconds(ans['modelled_total_ns'][best] / 1e9)}; "
+                  + ", ".join([f"{s} takes {ratios[s]:.3g}x as long" for s in others]
+                              + [f"{s} could not run" for s in names if ratios[s] is None])]
     if "measured" in ans:
         m = ans["measured"]
         lines.append(f"measured ({cfg['backing']} backing, this host): {m['cheapest']} took the "
@@ -160,8 +166,7 @@ def comparison_text(res: dict[str, Any]) -> str:
                          f"{s} {m['ratio_to_cheapest'][s]:.3g}x" for s in names
                          if s != m["cheapest"]))
     if res.get("break_even") is None:
-        lines += ["", "break-even touch fraction: none for a trace or the boot pattern "
-                  "(their accesses are fixed)"]
+        lines += ["", f"break-even touch fraction: not searched: {res.get('break_even_note')}"]
     else:
         lines += ["", "break-even touch fraction (modelled: where two strategies cost the "
                   "same, searched over 0..1)"]
@@ -175,9 +180,11 @@ def comparison_text(res: dict[str, Any]) -> str:
             else:
                 lines.append(f"  {pair:<28}{be['fraction']:.3f}: {be['cheaper_below']} cheaper "
                              f"below, {be['cheaper_above']} above")
-    sens = res.get("sensitivity")
+    sens = res.get("sensitivity", False)
     if sens:
         lines += ["", sensitivity_text(sens)]
+    elif sens is None:
+        lines += ["", "sensitivity: not computed: fewer than two strategies ran"]
     table("event counts (modelled)",
           [(n, [f"{runs[s][n]:,}" for s in names]) for n in COUNTERS])
     kind = time_label(wall_kind(cfg["backing"]))
@@ -185,7 +192,7 @@ def comparison_text(res: dict[str, Any]) -> str:
           + (": pinbench's own bookkeeping, not a cost of pinning)" if kind ==
              "simulator speed" else f" on this host, {cfg['backing']} backing)"),
           [(p, [seconds(runs[s]["elapsed_ns"].get(p, 0) / 1e9) for s in names])
-           for p in runs[names[0]]["elapsed_ns"]])
+           for p in dict.fromkeys(p for s in names for p in runs[s]["elapsed_ns"])])
     return "\n".join(lines)
 
 

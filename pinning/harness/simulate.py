@@ -100,7 +100,10 @@ def simulate(config: BenchConfig, names: tuple[str, ...], profile: CostProfile,
         lc.record(c.strategy, res)
     if len(names) == 1:
         return runs[names[0]]
-    sbs = A.side_by_side(lc, names)
+    # A strategy that could not run (e.g. over the memory-lock limit: refused at
+    # startup, at every touch fraction and cost) has no total to compare.
+    ran = tuple(s for s in names if runs[s]["error"] is None)
+    sbs = A.side_by_side(lc, ran or names)
     out: dict[str, Any] = {
         "strategies": list(names),
         "config": {"guest_pages": config.guest_pages, "level": config.level,
@@ -112,23 +115,30 @@ def simulate(config: BenchConfig, names: tuple[str, ...], profile: CostProfile,
                    "memlock_limit": config.memlock_limit},
         "cost_profile": {"name": profile.name, "source": profile.source},
         "runs": runs,
-        "answer": {"cheapest": sbs.cheapest,
-                   "modelled_total_ns": {s: o.total_ns for s, o in sbs.outcomes.items()},
-                   "ratio_to_cheapest": {s: sbs.ratio(s) for s in names}},
+        "answer": {"cheapest": sbs.cheapest if ran else None,
+                   "modelled_total_ns": {s: lc.total_ns(s) for s in names},
+                   "ratio_to_cheapest": {s: sbs.ratio(s) if s in ran else None
+                                         for s in names}},
     }
-    if config.backing != "sim":
-        measured = {s: runs[s]["measured_ns"]["total"] for s in names}
+    if config.backing != "sim" and ran:
+        measured = {s: runs[s]["measured_ns"]["total"] for s in ran}
         best = min(measured, key=measured.__getitem__)
         out["answer"]["measured"] = {
             "cheapest": best, "total_ns": measured,
-            "ratio_to_cheapest": {s: measured[s] / measured[best] for s in names}}
-    fractional = workload is None and config.pattern != "boot"
-    out["break_even"] = [
+            "ratio_to_cheapest": {s: measured[s] / measured[best] for s in ran}}
+    why = (None if len(ran) >= 2 else
+           f"fewer than two strategies ran ({', '.join(ran) or 'none'})")
+    if why is None and (workload is not None or config.pattern == "boot"):
+        why = "a trace's or the boot pattern's accesses are fixed: no touch fraction"
+    out["break_even"] = None if why else [
         {"a": be.a, "b": be.b, "fraction": be.fraction, "cheaper_below": be.cheaper_below,
-         "cheaper_above": be.cheaper_above}
-        for be in A.break_evens(lc, names)] if fractional else None
+         "cheaper_above": be.cheaper_above} for be in A.break_evens(lc, ran)]
+    out["break_even_note"] = why
     if sensitivity:
-        frame, base = A.sensitivity(lc, names, costs)
-        out["sensitivity"] = {**base, "rows": frame.to_dict(orient="records")}
+        if len(ran) >= 2:
+            frame, base = A.sensitivity(lc, ran, costs)
+            out["sensitivity"] = {**base, "rows": frame.to_dict(orient="records")}
+        else:
+            out["sensitivity"] = None
     out["model_runs"] = lc.runs
     return out
