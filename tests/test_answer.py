@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -248,3 +249,31 @@ def test_a_strategy_that_cannot_run_is_named_not_compared(capsys) -> None:
     text = capsys.readouterr().out
     assert "upfront could not run" in text and "teardown" in text
     assert "sensitivity: not computed" in text
+
+
+def test_sensitivity_searches_each_end_on_the_base_crossings_side_only() -> None:
+    # The base crossing lies below the configuration's fraction: no end evaluates a
+    # fraction above it (the slow lifecycles), and an end whose crossing moves past
+    # it has none in the window and a flipped cheapest strategy.
+    profile = load_profile().with_costs(clflush_page_ns=3000.0)
+    cfg = config(touch_fraction=0.5)
+    lc = A.Lifecycles(cfg, profile)
+    seen: list[float] = []
+    evaluate = lc._evaluate
+
+    def spy(strategy, fraction, changes):
+        if changes:
+            seen.append(fraction)
+        return evaluate(strategy, fraction, changes)
+
+    lc._evaluate = spy
+    flush = A.Varied("clflush_page_ns", "assumption", 3000.0, 150.0, 6000.0, "x0.05..x2")
+    frame, base = A.sensitivity(lc, ("upfront", "demand"), [flush])
+    assert base["break_even"] < 0.5 and base["searched"] == [0.0, 0.5]
+    assert seen and max(seen) <= 0.5
+    row = frame.iloc[0]
+    # a cheap flush makes demand cheaper at 0.5 as well: no crossing below it
+    assert row["cheaper_low"] == "demand" and np.isnan(row["break_even_low"])
+    assert fresh_total(cfg, profile.with_costs(clflush_page_ns=150.0), "demand", 0.5) < \
+        fresh_total(cfg, profile.with_costs(clflush_page_ns=150.0), "upfront", 0.5)
+    assert 0.0 < row["break_even_high"] < base["break_even"]

@@ -295,20 +295,26 @@ class BreakEven:
     #: "neither" where they cost the same)
     cheaper_below: str
     cheaper_above: str
+    #: the range of fractions searched
+    searched: tuple[float, float] = (0.0, 1.0)
 
     def text(self) -> str:
+        lo, hi = self.searched
+        span = f"{lo:g}..{hi:g}"
         if self.fraction is None:
-            at0 = ("equal at 0" if self.cheaper_below == "neither"
-                   else f"{self.cheaper_below} cheaper at 0")
+            at0 = (f"equal at {lo:g}" if self.cheaper_below == "neither"
+                   else f"{self.cheaper_below} cheaper at {lo:g}")
             if self.cheaper_below == self.cheaper_above:
-                return f"none in 0..1: {self.cheaper_below} is cheaper at 0 and at 1"
-            return f"none in 0..1: {at0}, {self.cheaper_above} cheaper at 1"
+                return (f"none in {span}: {self.cheaper_below} is cheaper at {lo:g} and "
+                        f"at {hi:g}")
+            return f"none in {span}: {at0}, {self.cheaper_above} cheaper at {hi:g}"
         return (f"{self.fraction:.3f}: {self.cheaper_below} cheaper below, "
                 f"{self.cheaper_above} above")
 
 
 def break_even(lc: Lifecycles, a: str, b: str, changes: dict[str, float] | None = None,
-               guess: float | None = None) -> BreakEven:
+               guess: float | None = None,
+               window: tuple[float, float] | None = None) -> BreakEven:
     """The touch fraction at which ``a`` and ``b`` cost the same (modelled), by brentq.
 
     Each point of the search is a full lifecycle of both strategies at that fraction.
@@ -317,7 +323,8 @@ def break_even(lc: Lifecycles, a: str, b: str, changes: dict[str, float] | None 
     the root within FRACTION_TOL; else, as without a guess, brentq over the bracket
     [0, fraction] or [fraction, 1] that changes sign (the lifecycle at fraction 1, the
     slowest of a large guest, only when needed). Without a crossing: the cheaper at 0
-    and at 1.
+    and at 1. ``window`` = (lo, hi) searches that range only (a crossing outside it is
+    not looked for; the result's ``searched`` says so).
     """
     if lc.workload is not None:
         raise InputError("a break-even touch fraction needs a pattern: a trace's accesses "
@@ -332,30 +339,34 @@ def break_even(lc: Lifecycles, a: str, b: str, changes: dict[str, float] | None 
         return a if d > 0 else b if d < 0 else "neither"
 
     known = lc.config.touch_fraction
+    low, high = window or (0.0, 1.0)
     if guess is not None:
-        found = _secant(diff, guess, known)
+        found = _secant(diff, guess, known, (low, high))
         if found is not None:
             f, slope = found
-            return BreakEven(a, b, f, cheaper(-slope), cheaper(slope))
+            return BreakEven(a, b, f, cheaper(-slope), cheaper(slope), (low, high))
     # Brackets in the order of their cost: split at the configuration's own fraction
     # (already run), and 0..1 last. A tie at 0 or 1 is not a break-even (at 0 nothing
     # is touched): only a crossing inside is.
-    brackets = []
-    brackets += [(0.0, known), (known, 1.0)] if 0.0 < known < 1.0 else [(0.0, 1.0)]
+    if window is not None:
+        brackets = [window]
+    else:
+        brackets = [(0.0, known), (known, 1.0)] if 0.0 < known < 1.0 else [(0.0, 1.0)]
     for lo, hi in brackets:
         d_lo, d_hi = diff(lo), diff(hi)
         if d_lo * d_hi < 0:
             f = brentq(diff, lo, hi, xtol=FRACTION_TOL)
-            return BreakEven(a, b, float(f), cheaper(d_lo), cheaper(d_hi))
+            return BreakEven(a, b, float(f), cheaper(d_lo), cheaper(d_hi), (low, high))
         for f, d, other in ((lo, d_lo, d_hi), (hi, d_hi, d_lo)):
             if d == 0 and 0.0 < f < 1.0 and other != 0:  # a tie inside: the crossing
                 near, far = cheaper(other), cheaper(-other)  # the other end's side, beyond
-                return BreakEven(a, b, f, *((near, far) if f == hi else (far, near)))
-    d0, d1 = diff(0.0), diff(1.0)
-    return BreakEven(a, b, None, cheaper(d0), cheaper(d1))
+                return BreakEven(a, b, f, *((near, far) if f == hi else (far, near)),
+                                 (low, high))
+    return BreakEven(a, b, None, cheaper(diff(low)), cheaper(diff(high)), (low, high))
 
 
-def _secant(diff, guess: float, other: float, steps: int = 3) -> tuple[float, float] | None:
+def _secant(diff, guess: float, other: float, within: tuple[float, float] = (0.0, 1.0),
+            steps: int = 3) -> tuple[float, float] | None:
     """A root of ``diff`` near ``guess`` by secant steps from ``guess`` and ``other``, with
     the slope there; accepted only when the last step's slope puts the root within
     FRACTION_TOL of it (the totals are near affine in the fraction, so one or two steps
@@ -370,7 +381,7 @@ def _secant(diff, guess: float, other: float, steps: int = 3) -> tuple[float, fl
             return None
         slope = (d1 - d0) / (f1 - f0)
         f2 = f1 - d1 / slope
-        if not 0.0 < f2 < 1.0:
+        if not within[0] < f2 < within[1]:
             return None
         d2 = diff(f2)
         slope2 = (d2 - d1) / (f2 - f1) if f2 != f1 else slope
@@ -458,9 +469,11 @@ def sensitivity(lc: Lifecycles, names: Sequence[str], costs: Sequence[Varied]
                 ) -> tuple[pd.DataFrame, dict]:
     """The tornado table: for each varied cost, at its low and its high end, the ratio of
     the base runner-up to the base cheapest strategy (modelled totals at the
-    configuration's touch fraction), their break-even touch fraction and the cheapest of
-    all the strategies; ``flips`` when that is not the base's cheapest. Rows sorted by
-    the ratio's swing, widest first. Also returns the base: its pair, ratio, break-even.
+    configuration's touch fraction), their break-even touch fraction (searched between
+    0 and the configuration's fraction, or between it and 1 where the base's lies;
+    NaN: none there) and the cheapest of all the strategies; ``flips`` when that is not
+    the base's cheapest. Rows sorted by the ratio's swing, widest first. Also returns
+    the base: its pair, ratio, break-even and the window searched (``searched``).
     """
     if len(names) < 2:
         raise InputError("--sensitivity compares strategies: give two or more "
@@ -471,8 +484,21 @@ def sensitivity(lc: Lifecycles, names: Sequence[str], costs: Sequence[Varied]
     fractional = lc.workload is None and lc.config.pattern != "boot"
     base_be = break_even(lc, winner, runner) if fractional else None
     guess = base_be.fraction if base_be else None
+    # Each end's break-even is searched on the side of the configuration's fraction
+    # where the base one lies (below it when there is none): both ends of that window
+    # are known already (the fraction's totals are the ratio's; 0 is re-priced), so no
+    # end needs the slow lifecycles near fraction 1 unless the base's crossing is there.
+    # A crossing that leaves the window moves past the configuration's fraction, and
+    # then its cheapest strategy flips: the table says so either way.
+    known = lc.config.touch_fraction
+    if not 0.0 < known < 1.0:
+        window = (0.0, 1.0)
+    elif guess is None or guess <= known:
+        window = (0.0, known)
+    else:
+        window = (known, 1.0)
     global _FOCUS
-    _FOCUS = (tuple(names), winner, runner, fractional, guess)
+    _FOCUS = (tuple(names), winner, runner, fractional, guess, window)
     ends = [(v.key, value) for v in costs for value in (v.low, v.high)]
     results = iter(parallel(lc, _end_task, ends))
     rows = []
@@ -492,7 +518,8 @@ def sensitivity(lc: Lifecycles, names: Sequence[str], costs: Sequence[Varied]
     frame = pd.DataFrame(rows, columns=list(SENSITIVITY_COLUMNS))
     frame = frame.sort_values("swing", ascending=False, kind="stable").reset_index(drop=True)
     summary = {"cheapest": winner, "runner_up": runner, "ratio": base.ratio(runner),
-               "break_even": base_be.fraction if base_be else None}
+               "break_even": base_be.fraction if base_be else None,
+               "searched": list(window) if fractional else None}
     return frame, summary
 
 
@@ -505,11 +532,11 @@ def _end_task(end: tuple[str, float]) -> tuple[dict[str, float], float | None, i
     fraction, and the focus pair's break-even (None: none in 0..1)."""
     lc = _INHERITED
     assert lc is not None
-    names, winner, runner, fractional, guess = _FOCUS
+    names, winner, runner, fractional, guess, window = _FOCUS
     runs = lc.runs
     changes = {end[0]: end[1]}
     totals = {s: lc.total_ns(s, None, changes) for s in names}
-    be = break_even(lc, winner, runner, changes, guess) if fractional else None
+    be = break_even(lc, winner, runner, changes, guess, window) if fractional else None
     return totals, (be.fraction if be else None), lc.runs - runs
 
 

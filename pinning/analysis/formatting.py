@@ -199,11 +199,14 @@ def comparison_text(res: dict[str, Any]) -> str:
 def sensitivity_text(sens: dict[str, Any]) -> str:
     """The tornado table of ``pinbench simulate --sensitivity`` (its JSON part)."""
     best, runner = sens["cheapest"], sens["runner_up"]
-    be = sens["break_even"]
+    be, window = sens["break_even"], sens.get("searched")
     head = (f"sensitivity (modelled): {runner} / {best} = {sens['ratio']:.3g} with the "
             f"profile's values" + (f", break-even {be:.3f}" if be is not None else "")
-            + "; each cost below set to the ends of its range, the others kept")
-    rows = [("cost", "kind", "range", "ratio", "break-even", "cheapest", "flips")]
+            + "; each cost below set to the ends of its range, the others kept"
+            + ("; '-': no break-even in the window searched (it moved past the "
+               "configuration's fraction, or is gone)" if window else ""))
+    searched = (f"break-even in {window[0]:g}..{window[1]:g}" if window else "break-even")
+    rows = [("cost", "kind", "range", "ratio", searched, "cheapest", "flips")]
     for r in sens["rows"]:
         def frac(x: float) -> str:
             return "-" if missing(x) else f"{x:.3f}"

@@ -453,8 +453,10 @@ def write_report(paths: Sequence[Path], outdir: Path,
             f"for another). Each cost the profile marks as an assumption is set to its value "
             f"x0.5 and x2, the others kept: the ratio {summary['runner_up']} / "
             f"{summary['cheapest']} (base {summary['ratio']:.3g}), their break-even touch "
-            "fraction and the cheapest strategy at each end; a flip means the answer "
-            "depends on that assumption.")
+            + (f"fraction (searched in {summary['searched'][0]:g}.."
+               f"{summary['searched'][1]:g}; '-': none there)" if summary.get("searched")
+               else "fraction") + " and the cheapest strategy at each end; a flip means "
+            "the answer depends on that assumption.")
         b.figure("sensitivity", "Sensitivity (modelled)",
                  lambda: plots.plot_tornado(frame, summary))
         b.table(lambda: _sensitivity_table(frame), "sensitivity")
