@@ -318,9 +318,10 @@ def break_even(lc: Lifecycles, a: str, b: str, changes: dict[str, float] | None 
     """The touch fraction at which ``a`` and ``b`` cost the same (modelled), by brentq.
 
     Each point of the search is a full lifecycle of both strategies at that fraction.
-    With ``guess`` (the fraction found before a change of the costs) secant steps from
-    it and the configuration's fraction come first, accepted when the last slope puts
-    the root within FRACTION_TOL; else, as without a guess, brentq over the bracket
+    With ``guess`` (the fraction found before a change of the costs) secant steps come
+    first -- from the window's ends, or from the guess and the configuration's
+    fraction -- accepted when the last slope puts the root within FRACTION_TOL; else,
+    as without a guess, brentq over the bracket
     [0, fraction] or [fraction, 1] that changes sign (the lifecycle at fraction 1, the
     slowest of a large guest, only when needed). Without a crossing: the cheaper at 0
     and at 1. ``window`` = (lo, hi) searches that range only (a crossing outside it is
@@ -341,7 +342,11 @@ def break_even(lc: Lifecycles, a: str, b: str, changes: dict[str, float] | None 
     known = lc.config.touch_fraction
     low, high = window or (0.0, 1.0)
     if guess is not None:
-        found = _secant(diff, guess, known, (low, high))
+        # Secant steps from two points already known: the window's ends (the totals at
+        # 0 are re-priced, those at the configuration's fraction are the ratio's), else
+        # the guess and the configuration's fraction.
+        start = (low, high) if window is not None else (guess, known)
+        found = _secant(diff, *start, (low, high))
         if found is not None:
             f, slope = found
             return BreakEven(a, b, f, cheaper(-slope), cheaper(slope), (low, high))
@@ -367,7 +372,7 @@ def break_even(lc: Lifecycles, a: str, b: str, changes: dict[str, float] | None 
 
 def _secant(diff, guess: float, other: float, within: tuple[float, float] = (0.0, 1.0),
             steps: int = 3) -> tuple[float, float] | None:
-    """A root of ``diff`` near ``guess`` by secant steps from ``guess`` and ``other``, with
+    """A root of ``diff`` by secant steps from ``guess`` and ``other``, with
     the slope there; accepted only when the last step's slope puts the root within
     FRACTION_TOL of it (the totals are near affine in the fraction, so one or two steps
     usually do). None: let the bracketing search decide."""
@@ -497,6 +502,11 @@ def sensitivity(lc: Lifecycles, names: Sequence[str], costs: Sequence[Varied]
         window = (0.0, known)
     else:
         window = (known, 1.0)
+    if guess is not None:
+        # The base's crossing again, by the ends' own search: an end whose cost changes
+        # no total in the window then meets the same points, all known, and agrees.
+        again = break_even(lc, winner, runner, None, guess, window)
+        guess = again.fraction if again.fraction is not None else guess
     global _FOCUS
     _FOCUS = (tuple(names), winner, runner, fractional, guess, window)
     ends = [(v.key, value) for v in costs for value in (v.low, v.high)]
