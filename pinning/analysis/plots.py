@@ -575,11 +575,14 @@ def plot_tornado(frame: pd.DataFrame, summary: dict[str, Any]) -> Figure:
         ax.barh(y, hi - lo, left=lo, height=0.6, color=_color(summary["cheapest"]),
                 alpha=0.75, hatch="//" if r["flips"] else "", edgecolor="black",
                 linewidth=0.5)
-        for end in ("low", "high"):  # the cost's value at each end of its bar
-            ax.annotate(f"{r[end]:.3g}", (r[f"ratio_{end}"], y), xytext=(0, 7),
-                        textcoords="offset points", ha="center", fontsize=6.5)
+        for end in ("low", "high"):  # the cost's value, outside its end of the bar
+            left = r[f"ratio_{end}"] == lo
+            ax.annotate(f"{r[end]:.3g}", (r[f"ratio_{end}"], y), xytext=(-3 if left else 3, 0),
+                        textcoords="offset points", ha="right" if left else "left",
+                        va="center", fontsize=6.5)
     ax.axvline(base, color="black", linewidth=0.8)
     ax.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.margins(x=0.1)  # room for the values written outside the bars' ends
     ax.set_yticks(range(len(rows)), [f"{k}\n({kind}, {how})" for k, kind, how in
                                      zip(rows["key"], rows["kind"], rows["range"],
                                          strict=True)])
