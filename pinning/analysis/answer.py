@@ -493,8 +493,8 @@ def sensitivity(lc: Lifecycles, names: Sequence[str], costs: Sequence[Varied]
     # where the base one lies (below it when there is none): both ends of that window
     # are known already (the fraction's totals are the ratio's; 0 is re-priced), so no
     # end needs the slow lifecycles near fraction 1 unless the base's crossing is there.
-    # A crossing that leaves the window moves past the configuration's fraction, and
-    # then its cheapest strategy flips: the table says so either way.
+    # A crossing that leaves the window has moved past the configuration's fraction
+    # (the pair's order there flips: the ratio crosses 1) or is gone.
     known = lc.config.touch_fraction
     if not 0.0 < known < 1.0:
         window = (0.0, 1.0)
