@@ -90,7 +90,7 @@ class Progress:
         eta = self.eta_s()
         if eta is None:
             return f"{elapsed:5.0f} s elapsed"
-        return f"{elapsed:5.0f} s elapsed, ETA {eta:4.0f} s"
+        return f"{elapsed:5.0f} s elapsed, ETA {eta if eta > 0 else 0.0:4.0f} s"
 
     def begin(self, i: int, name: str) -> None:
         """Benchmark ``i`` (from 1) starts: update the live line."""
