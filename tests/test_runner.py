@@ -560,6 +560,20 @@ def test_eta_leaves_out_a_skipped_benchmark():
     assert p.eta_s() == pytest.approx(4.0 / 2.0 * 2.0)
 
 
+def test_eta_at_the_end_is_zero_not_minus_zero():
+    from pinning.harness.runner import Progress
+
+    clock = _Clock()
+    stream = io.StringIO()
+    # Estimates whose float sum leaves a hair below zero once all are subtracted.
+    p = Progress([0.1, 0.2, 2.3], stream, clock=clock)
+    clock.now = 6.0
+    for i, name in enumerate("abc", start=1):
+        p.end(i, name, "ok")
+    assert p.left_est < 0  # the rounding this guards against
+    assert stream.getvalue().splitlines()[-1].endswith("ETA    0 s)")
+
+
 def test_run_feeds_the_suites_estimates_to_the_progress_line(tiny, tmp_path, fake,
                                                              monkeypatch):
     import pinning.harness.runner as runner
