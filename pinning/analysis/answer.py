@@ -47,6 +47,10 @@ FRACTION_TOL = 5e-3
 DEFAULT_FACTORS = (0.5, 2.0)
 #: The phases the vCPU model prices (their time is a makespan, not a sum).
 _VCPU_PHASES = ("access", "remap")
+#: Cost key -> the counters it prices (EVENT_COST read the other way).
+_PRICED: dict[str, list[str]] = {}
+for _counter, (_key, _) in EVENT_COST.items():
+    _PRICED.setdefault(_key, []).append(_counter)
 #: Costs the vCPU model uses only inside a lock's section.
 _LOCK_KEYS = ("lock_hold_ns", "lock_cv")
 
@@ -66,14 +70,6 @@ class Outcome:
     @property
     def total_ns(self) -> float:
         return float(sum(self.model_ns.values()))
-
-    def counters(self) -> dict[str, int]:
-        """Each counter's value at the end (the sum of its phases' growth)."""
-        out: dict[str, int] = {}
-        for ev in self.events.values():
-            for name, n in ev.items():
-                out[name] = out.get(name, 0) + n
-        return out
 
 
 class Lifecycles:
@@ -174,17 +170,14 @@ def _outcome(strategy: str, fraction: float, res: Any, profile: CostProfile) -> 
 
 def _repriceable(base: Outcome, changes: dict[str, float]) -> bool:
     """Whether ``changes`` move only the startup and teardown sums of ``base`` (exact)."""
-    priced = {}
-    for counter, (key, _) in EVENT_COST.items():
-        priced.setdefault(key, []).append(counter)
     for key in changes:
         if key in _LOCK_KEYS and not base.locked:
             continue  # no fault took a lock: no hold to price, no hold time drawn
-        if key not in priced:  # the guest's touch, the fault spread: vCPU model only
+        if key not in _PRICED:  # the guest's touch, the fault spread: vCPU model only
             return False
         for phase in _VCPU_PHASES:
             events = base.events.get(phase, {})
-            if any(events.get(counter, 0) for counter in priced[key]):
+            if any(events.get(counter, 0) for counter in _PRICED[key]):
                 return False
     return True
 
@@ -268,14 +261,6 @@ class SideBySide:
         """``strategy``'s modelled total over the cheapest one's (>= 1)."""
         best = self.outcomes[self.cheapest].total_ns
         return self.outcomes[strategy].total_ns / best if best > 0 else math.nan
-
-    def frame(self) -> pd.DataFrame:
-        """Tidy: strategy, phase (and ``total``), modelled_ns."""
-        rows = []
-        for s, o in self.outcomes.items():
-            rows += [(s, phase, ns) for phase, ns in o.model_ns.items()]
-            rows.append((s, "total", o.total_ns))
-        return pd.DataFrame(rows, columns=["strategy", "phase", "modelled_ns"])
 
 
 def side_by_side(lc: Lifecycles, names: Sequence[str]) -> SideBySide:

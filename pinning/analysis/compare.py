@@ -106,7 +106,7 @@ from pinning.analysis.stats import (
     sign_test_units,
     units_needed,
 )
-from pinning.model.names import InputError
+from pinning.model.names import TIME_KINDS, InputError
 
 __all__ = ["SIGNIFICANT", "VERDICTS", "Comparison", "compare_files", "main",
            "parse_threshold"]
@@ -127,9 +127,9 @@ MODEL_COLUMNS = ("name", "key", "base", "head")
 MODEL_PREFIXES = ("events.", "model.")
 #: What the timed values are, by the backing that ran them: (kind, what).
 TIMED_KINDS = {
-    "sim": ("simulator speed", "wall time of pinbench's own bookkeeping on the sim backing: "
-            "how fast pinbench's code runs, not a cost of pinning"),
-    "measured": ("measured", "wall time of real memory or a real KVM guest on this host"),
+    # the kinds' one home is names.TIME_KINDS; "mixed" is a comparison's own case
+    "sim": TIME_KINDS["simulator"],
+    "measured": TIME_KINDS["measured"],
     "mixed": ("timed", "wall time: simulator speed on the sim backing, measured on real "
               "and kvm"),
 }

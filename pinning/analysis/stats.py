@@ -1,9 +1,10 @@
 """Statistics over loaded results: scaling exponents, break-even, fault latency, published data.
 
 Every function takes the frames of :func:`pinning.analysis.results.load_results` and says in its
-output which numbers are **measured** (wall time of the model's bookkeeping) and which
-are **modelled** (event counts x cost profile, vCPU model). Deterministic: bootstraps
-use ``numpy.random.default_rng(seed)``.
+output which numbers are **modelled** (event counts x cost profile, vCPU model) and which
+**measured** (wall time of real memory or a real KVM guest: the real and kvm backings'
+rows; callers pass no sim rows as measured, whose wall time is simulator speed).
+Deterministic: bootstraps use ``numpy.random.default_rng(seed)``.
 """
 
 from __future__ import annotations
