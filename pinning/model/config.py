@@ -15,6 +15,7 @@ from typing import Any
 from pinning.model import strategies
 from pinning.model.host import Host, parse_kernel
 from pinning.model.names import (
+    ACCEPTANCES,
     BACKINGS,
     FAMILIES,
     FAMILY_PATTERN,
@@ -23,6 +24,7 @@ from pinning.model.names import (
     MAX_VCPUS,
     MMUS,
     PATTERNS,
+    PREFAULTS,
     SME_COHERENT,
     InputError,
     choice,
@@ -92,6 +94,18 @@ class BenchConfig:
                              choices=lambda: SME_COHERENT, default="yes")
     mmu: str = _opt("KVM's MMU: the TDP MMU (an SEV host) or the shadow MMU, which prefetches "
                     "4 KiB neighbours", choices=lambda: MMUS, default="tdp")
+    prefault: str = _opt("guest_memfd only: fault guest memory in before the guest runs -- "
+                         "none, fallocate (allocate folios), map (KVM_PRE_FAULT_MEMORY)",
+                         choices=lambda: PREFAULTS, default="none")
+    image_size: int = _opt("guest_memfd only: the encrypted launch image put in with "
+                           "SNP_LAUNCH_UPDATE, e.g. 4MiB", "size", metavar="SIZE",
+                           default=4 << 20)
+    convert_fraction: float = _opt("fraction of the guest converted private -> shared -> "
+                                   "private (convert family)", "fraction", metavar="F",
+                                   default=0.1)
+    acceptance: str = _opt("guest_memfd only: the guest accepts its memory as it first uses "
+                           "it (lazy) or all at boot (eager)", choices=lambda: ACCEPTANCES,
+                           default="lazy")
 
     @property
     def guest_pages(self) -> int:
@@ -103,13 +117,22 @@ class BenchConfig:
         parts = [self.workload, self.strategy, format_size(self.guest_size), self.level]
         if self.backing != "sim":
             parts.append(self.backing if self.host == "warm" else f"{self.backing}-cold")
-        if self.workload in ("fault_storm", "lifecycle", "remap") or self.backing != "sim":
+        if self.workload in ("fault_storm", "lifecycle", "remap", "convert") or (
+                self.backing != "sim"):
             parts.append(f"{self.vcpus}vcpu")
             parts.append(self.pattern if self.layout == "slices" else f"{self.pattern}-shared")
         if self.workload != "startup" and self.touch_fraction != 1.0:
             parts.append(f"touch{_pct(self.touch_fraction)}")
         if self.workload == "remap":
             parts.append(f"remap{_pct(self.remap_fraction)}")
+        if self.workload == "convert":
+            parts.append(f"convert{_pct(self.convert_fraction)}")
+        if self.prefault != default("prefault"):
+            parts.append(f"prefault-{self.prefault}")
+        if self.image_size != default("image_size"):
+            parts.append(f"image{format_size(self.image_size)}")
+        if self.acceptance != default("acceptance"):
+            parts.append(f"{self.acceptance}-accept")
         if self.seed != 0 and self.pattern != "sequential":
             parts.append(f"seed{self.seed}")
         if self.memlock_limit is not None:
@@ -155,7 +178,7 @@ class BenchConfig:
                              f"the {self.level} mapping size ({format_size(unit_bytes)})")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise InputError(f"vcpus {self.vcpus} must lie between 1 and {MAX_VCPUS}")
-        for key in ("touch_fraction", "remap_fraction"):
+        for key in ("touch_fraction", "remap_fraction", "convert_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise InputError(f"{key} {getattr(self, key)} must lie between 0 and 1")
         if self.seed < 0:
@@ -163,6 +186,7 @@ class BenchConfig:
         if self.memlock_limit is not None and self.memlock_limit < 0:
             raise InputError(f"memlock_limit {self.memlock_limit} must not be negative")
         parse_kernel(self.kernel)
+        self._check_memory_kind()
         own = FAMILY_PATTERN.get(self.workload)
         if own is not None and self.pattern != own:
             raise InputError(f"the {self.workload} family runs the {own} pattern only "
@@ -170,6 +194,32 @@ class BenchConfig:
         if self.pattern == "boot" and self.touch_fraction != 1.0:
             raise InputError("the boot pattern touches what a booting guest touches: "
                              "touch_fraction does not apply")
+
+
+    def _check_memory_kind(self) -> None:
+        """Options that hold for guest_memfd strategies only, and what gmem cannot take."""
+        strategy = strategies.get(self.strategy)
+        if not strategy.guest_memfd:
+            for key in GMEM_ONLY:
+                if getattr(self, key) != default(key):
+                    raise InputError(f"{key} applies to guest_memfd strategies only, not to "
+                                     f"{self.strategy!r} (its memory is the VMM's own)")
+            return
+        if self.memlock_limit is not None:
+            raise InputError(f"strategy {self.strategy!r} pins nothing and guest_memfd memory "
+                             "is not charged to RLIMIT_MEMLOCK: memlock_limit does not apply")
+        if self.level != "4k":
+            raise InputError(f"strategy {self.strategy!r} maps 4k only: guest_memfd folios "
+                             f"are order 0 (kvm_gmem_get_folio), not {self.level}")
+        if self.image_size <= 0 or self.image_size % PAGE_SIZE or (
+                self.image_size > self.guest_size):
+            raise InputError(f"image_size {format_size(self.image_size)} must be a positive "
+                             f"multiple of 4KiB no larger than the guest "
+                             f"({format_size(self.guest_size)})")
+
+
+#: Options that apply to guest_memfd strategies only (others keep the default).
+GMEM_ONLY = ("prefault", "image_size", "acceptance")
 
 
 def option(f: Field) -> Option:

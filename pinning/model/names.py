@@ -106,6 +106,14 @@ def time_label(kind: str) -> str:
 #: right before) or cold (left idle so this VM's host has reclaimed it; HOST.md).
 HOST_STATES: tuple[str, ...] = ("warm", "cold")
 
+#: How a guest_memfd strategy's memory is faulted in before the guest runs: not at all
+#: (each page at its first touch), allocated with fallocate (folios only; zeroed and
+#: made private at first touch), or mapped with KVM_PRE_FAULT_MEMORY (every fault moved
+#: into launch). Other strategies take "none" only.
+PREFAULTS: tuple[str, ...] = ("none", "fallocate", "map")
+#: When a guest with unaccepted memory accepts it (SNP/TDX): as it first uses each
+#: range, or all of it at boot. Matters for guest_memfd strategies and the boot pattern.
+ACCEPTANCES: tuple[str, ...] = ("lazy", "eager")
 #: Whether the CPU keeps caches coherent across encryption domains (X86_FEATURE_SME_COHERENT).
 SME_COHERENT: tuple[str, ...] = ("yes", "no")
 #: KVM's MMU for nested page faults: the TDP MMU (an SEV host) or the legacy/shadow MMU.

@@ -83,6 +83,9 @@ class Strategy:
     pin_lock: str = PIN_LOCK_NONE
     #: whole-cache write-backs when the memslot's metadata is freed
     memslot_free_wbinvd: int = 0
+    #: private memory comes from a guest_memfd (SEV-SNP): never GUP-pinned, not charged
+    #: to RLIMIT_MEMLOCK, not reachable through the VMM's mapping
+    guest_memfd: bool = False
 
     def metadata_bytes(self, guest_pages: int) -> int:
         """KVM's per-VM arrays for a guest of ``guest_pages`` pages."""
