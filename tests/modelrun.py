@@ -30,17 +30,23 @@ class Run:
 def simulate(strategy: str, guest_pages: int, level: str = "4k", *, trace: Trace | None = None,
              pattern: str = "sequential", touch_fraction: float = 1.0, seed: int = 0,
              memlock_limit: int | None = None, teardown: bool = True, vcpus: int = 1,
-             kernel: str = "5.17", sme_coherent: str = "yes", mmu: str = "tdp") -> Run:
+             kernel: str = "5.17", sme_coherent: str = "yes", mmu: str = "tdp",
+             image_pages: int | None = None, prefault: str = "none",
+             acceptance: str = "lazy") -> Run:
     """One lifecycle of a guest of ``guest_pages`` pages: a trace, or a pattern, on a
     host of the given kernel version, coherence and MMU.
 
     ``teardown=False`` stops before VM destroy (the fault_storm family) and fills the
     end-of-run counters of the live VM, as the reference model's ``live`` result does.
+    ``image_pages``, ``prefault`` and ``acceptance`` are a guest_memfd strategy's (None:
+    the default image size).
     """
+    gmem = {} if image_pages is None else {"image_size": image_pages * PAGE_SIZE}
     config = BenchConfig("lifecycle" if teardown else "fault_storm", strategy,
                          guest_pages * PAGE_SIZE, level, vcpus=vcpus, pattern=pattern,
                          touch_fraction=touch_fraction, seed=seed, memlock_limit=memlock_limit,
-                         kernel=kernel, sme_coherent=sme_coherent, mmu=mmu)
+                         kernel=kernel, sme_coherent=sme_coherent, mmu=mmu, prefault=prefault,
+                         acceptance=acceptance, **gmem)
     workload = None if trace is None else workload_from_trace(trace, guest_pages, level)
     res = run_lifecycle(config, load_profile(), workload=workload, keep_state=True)
     if teardown:

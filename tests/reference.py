@@ -1,11 +1,13 @@
-"""A slow, plain pure-Python reference model of the three pinning strategies.
+"""A slow, plain pure-Python reference model of the pinning strategies and guest_memfd.
 
 Written straight from docs/model.md, independently of ``pinning/model/kernels/``:
 dicts, sets and lists, one step of the spec per line. It is the test oracle; speed
 does not matter.
 
 Strategies: ``upfront`` (upstream SEV: pin everything at registration), ``demand``
-(RFC v1, ``sev_pin_spte``), ``demand-v2`` (RFC v2, ``sev_pin_pfn``). Host parameters:
+(RFC v1, ``sev_pin_spte``), ``demand-v2`` (RFC v2, ``sev_pin_pfn``), ``gmem``
+(guest_memfd, SEV-SNP: nothing pinned; launch options ``image_pages`` and
+``prefault``; conversions between private and shared). Host parameters:
 ``kernel`` ("X.Y" from 5.17 on), ``sme_coherent`` ("yes"/"no"), ``mmu``
 ("tdp"/"shadow").
 """
@@ -17,7 +19,8 @@ from dataclasses import dataclass, field
 
 PAGE_SIZE = 4096
 LEVEL_UNIT_PAGES: dict[str, int] = {"4k": 1, "2m": 512, "1g": 262_144}
-STRATEGY_NAMES: tuple[str, ...] = ("upfront", "demand", "demand-v2")
+STRATEGY_NAMES: tuple[str, ...] = ("upfront", "demand", "demand-v2", "gmem")
+PREFAULT_NAMES: tuple[str, ...] = ("none", "fallocate", "map")
 
 # Kernel versions at which a counted rule changes (docs/model.md, "Host parameters").
 FIRST_KERNEL = (5, 17)  # the RFC's baseline
@@ -44,9 +47,14 @@ COUNTER_NAMES: tuple[str, ...] = (
     "pinned_pages_end",
     "metadata_bytes",
     "leaked_refs",
+    "rmpupdates",
+    "psc_exits",
+    "attr_pages",
+    "launch_update_pages",
 )
 
-Op = tuple[str, int, int]
+# ("access", gfn, 1), ("remap", gfn, npages) or ("convert", gfn, npages, "shared"/"private")
+Op = tuple
 
 
 class MemlockError(Exception):
@@ -97,6 +105,11 @@ class RefVM:
     region: dict[int, int] = field(default_factory=dict)  # upfront page array (nonzero)
     bitmap: set[int] = field(default_factory=set)  # demand/demand-v2 pinned bitmap (set gfns)
     pfns: dict[int, int] = field(default_factory=dict)  # demand/demand-v2 pfn array (nonzero)
+    image_pages: int = 0  # gmem: pages of the launch image (SNP_LAUNCH_UPDATE)
+    prefault: str = "none"  # gmem: none, fallocate or map
+    gmem: dict[int, int] = field(default_factory=dict)  # gmem: gfn -> folio's pfn
+    private: set[int] = field(default_factory=set)  # gmem: gfns whose attribute is private
+    prepared: set[int] = field(default_factory=set)  # gmem: folios zeroed/filled, guest-owned
 
     # ---- host parameters ---------------------------------------------------------
 
@@ -111,15 +124,17 @@ class RefVM:
 
     # ---- host frames -------------------------------------------------------------
 
-    def alloc_frame(self) -> int:
-        """A new frame: the most recently freed one, else the lowest never-used pfn."""
+    def alloc_frame(self, zeroed: bool = True) -> int:
+        """A new frame: the most recently freed one, else the lowest never-used pfn.
+        A guest_memfd folio is not zeroed when it is allocated (``zeroed`` False)."""
         if self.free:
             pfn = self.free.pop()
         else:
             pfn = self.next_pfn
             self.next_pfn += 1
         assert pfn not in self.refs and pfn not in self.pins
-        self.counters["frames_zeroed"] += 1
+        if zeroed:
+            self.counters["frames_zeroed"] += 1
         return pfn
 
     def get_ref(self, pfn: int) -> None:
@@ -197,6 +212,65 @@ class RefVM:
         """
         return self.pins.get(pfn, 0) > 0
 
+    # ---- guest_memfd ---------------------------------------------------------------
+
+    def gmem_folio(self, gfn: int) -> None:
+        """The guest_memfd's folio for ``gfn``: allocated (one host fault, not zeroed)
+        unless it exists; the page cache holds one reference."""
+        if gfn in self.gmem:
+            return
+        pfn = self.alloc_frame(zeroed=False)
+        self.gmem[gfn] = pfn
+        self.get_ref(pfn)
+        self.counters["host_faults"] += 1
+
+    def gmem_prepare(self, gfn: int) -> None:
+        """A folio not yet prepared is zeroed and given to the guest: one RMPUPDATE."""
+        if gfn in self.prepared:
+            return
+        self.prepared.add(gfn)
+        self.counters["frames_zeroed"] += 1
+        self.counters["rmpupdates"] += 1
+
+    def gmem_free(self, gfn: int) -> None:
+        """Free ``gfn``'s folio if it has one; a guest-owned one is given back first
+        (RMPUPDATE) and flushed (one 4 KiB CLFLUSH)."""
+        if gfn not in self.gmem:
+            return
+        pfn = self.gmem.pop(gfn)
+        if gfn in self.prepared:
+            self.prepared.discard(gfn)
+            self.counters["rmpupdates"] += 1
+            self.counters["clflush_bytes"] += PAGE_SIZE
+        self.put_ref(pfn)
+
+    def convert(self, gfn: int, npages: int, to: str) -> None:
+        """The guest's request to make ``[gfn, gfn+npages)`` shared or private: one exit
+        for every strategy; under gmem the attributes change (nothing at all if none
+        does; else the changed ones are stored and every unit of the range unmapped),
+        then to shared each folio of the range is freed, to private each of the VMM's
+        shared frames of the range is dropped."""
+        self.counters["psc_exits"] += 1
+        if self.strategy != "gmem":
+            return
+        rng = range(gfn, gfn + npages)
+        if to == "shared":
+            changed = [g for g in rng if g in self.private]
+            self.private.difference_update(changed)
+        else:
+            changed = [g for g in rng if g not in self.private]
+            self.private.update(changed)
+        if changed:
+            self.counters["attr_pages"] += len(changed)
+            for unit in range(gfn // self.unit_pages,
+                              (gfn + npages + self.unit_pages - 1) // self.unit_pages):
+                self.nested.discard(unit)
+        for g in rng:
+            if to == "shared":
+                self.gmem_free(g)
+            elif g in self.host_map:
+                self.put_ref(self.host_map.pop(g))
+
     # ---- lifecycle ---------------------------------------------------------------
 
     def unit_range(self, unit: int) -> range:
@@ -229,6 +303,22 @@ class RefVM:
         elif self.strategy == "demand-v2":
             self.check_limit_at_startup()  # raises: every counter stays 0
             self.counters["metadata_bytes"] += 16 * n
+        elif self.strategy == "gmem":
+            # no limit: nothing is pinned or charged to RLIMIT_MEMLOCK
+            self.counters["metadata_bytes"] += 9 * n  # the attribute xarray
+            self.private = set(range(n))
+            self.counters["attr_pages"] += n
+            for g in range(min(self.image_pages, n)):  # SNP_LAUNCH_UPDATE: filled, no zeroing
+                self.gmem_folio(g)
+                self.prepared.add(g)
+                self.counters["rmpupdates"] += 1
+                self.counters["launch_update_pages"] += 1
+            if self.prefault != "none":
+                for g in range(n):
+                    self.gmem_folio(g)
+                    if self.prefault == "map":  # a fault without an exit
+                        self.gmem_prepare(g)
+                        self.nested.add(g // self.unit_pages)
         else:
             raise ValueError(f"unknown strategy {self.strategy!r}")
 
@@ -238,6 +328,23 @@ class RefVM:
         if unit in self.nested:
             return
         self.counters["npf_exits"] += 1
+        if self.strategy == "gmem":
+            # private pages from the guest_memfd, shared ones from the VMM's memory
+            # (one host fault for the unit's new frames); no pin, no hazard, no prefetch
+            shared_new = 0
+            for g in self.unit_range(unit):
+                if g in self.private:
+                    self.gmem_folio(g)
+                    self.gmem_prepare(g)
+                elif g not in self.host_map:
+                    pfn = self.alloc_frame()
+                    self.host_map[g] = pfn
+                    self.get_ref(pfn)
+                    shared_new += 1
+            if shared_new:
+                self.counters["host_faults"] += 1
+            self.nested.add(unit)
+            return
         self.populate_unit(unit)
         pages = self.unit_range(unit)
         if self.strategy == "upfront":
@@ -332,10 +439,14 @@ class RefVM:
                         self.stale += 1
                     self.put_ref(pfn)
         for unit in range(first_unit, end_unit):
+            # gmem: the notifier zaps shared mappings only; a unit of private pages stays
+            if self.strategy == "gmem" and all(g in self.private for g in self.unit_range(unit)):
+                continue
             self.nested.discard(unit)
         self.counters["stale_pins_peak"] = max(self.counters["stale_pins_peak"], self.stale)
-        if self.notifier_flush():
-            self.counters["wbinvd"] += 1  # even when nothing in the range was mapped
+        # even when nothing in the range was mapped; never for an SNP guest
+        if self.notifier_flush() and self.strategy != "gmem":
+            self.counters["wbinvd"] += 1
 
     def teardown(self) -> None:
         """VM destroy, in the kernel's order.
@@ -343,11 +454,15 @@ class RefVM:
         KVM's metadata (page array; bitmap and pfn array) is freed with the VM, so
         the final state shows it empty. The VMM's own mapping stays.
         """
-        if self.notifier_flush():
-            self.counters["wbinvd"] += 1  # mmu notifier release
+        if self.notifier_flush() and self.strategy != "gmem":
+            self.counters["wbinvd"] += 1  # mmu notifier release (not for an SNP guest)
         if self.destroy_flush():
             self.counters["wbinvd"] += 1  # sev_vm_destroy
-        if self.strategy == "upfront":
+        if self.strategy == "gmem":
+            for g in sorted(self.gmem):
+                self.gmem_free(g)
+            self.private.clear()
+        elif self.strategy == "upfront":
             for g in sorted(self.region):
                 pfn = self.region.pop(g)
                 self.unpin(g, pfn)
@@ -367,7 +482,8 @@ class RefVM:
     def finish(self) -> None:
         """End-of-run counters, computed whether or not teardown ran."""
         self.counters["pinned_pages_end"] = self.pinned
-        self.counters["leaked_refs"] = sum(self.refs.values()) - len(self.host_map)
+        self.counters["leaked_refs"] = (sum(self.refs.values()) - len(self.host_map)
+                                        - len(self.gmem))
 
     def snapshot(self) -> dict:
         """The state in the shape of ``pinning.model.state.snapshot``."""
@@ -383,6 +499,9 @@ class RefVM:
             "region": dict(self.region),
             "bitmap": set(self.bitmap),
             "pfns": {g: p for g, p in self.pfns.items() if p},
+            "gmem": dict(self.gmem),
+            "private": set(self.private),
+            "prepared": set(self.prepared),
         }
 
 
@@ -397,13 +516,17 @@ def run_reference(
     kernel: str = "5.17",
     sme_coherent: str = "yes",
     mmu: str = "tdp",
+    image_pages: int = 0,
+    prefault: str = "none",
 ) -> RefResult:
     """Run startup, ``ops`` and (unless ``teardown`` is False) teardown; return the result.
 
-    ``ops`` holds ``("access", gfn, 1)`` and ``("remap", gfn, npages)`` tuples.
+    ``ops`` holds ``("access", gfn, 1)``, ``("remap", gfn, npages)`` and
+    ``("convert", gfn, npages, "shared" | "private")`` tuples.
     """
     live, destroyed = run_reference_both(strategy, guest_pages, level, ops, memlock_limit,
-                                         kernel=kernel, sme_coherent=sme_coherent, mmu=mmu)
+                                         kernel=kernel, sme_coherent=sme_coherent, mmu=mmu,
+                                         image_pages=image_pages, prefault=prefault)
     return destroyed if teardown else live
 
 
@@ -417,8 +540,13 @@ def run_reference_both(
     kernel: str = "5.17",
     sme_coherent: str = "yes",
     mmu: str = "tdp",
+    image_pages: int = 0,
+    prefault: str = "none",
 ) -> tuple[RefResult, RefResult]:
     """One run, seen twice: (stopped before teardown, after teardown)."""
+    if prefault not in PREFAULT_NAMES or (strategy != "gmem" and (prefault != "none"
+                                                                 or image_pages)):
+        raise ValueError("image_pages and prefault are gmem's launch options")
     if strategy not in STRATEGY_NAMES:
         raise ValueError(f"unknown strategy {strategy!r}")
     if sme_coherent not in ("yes", "no"):
@@ -431,7 +559,8 @@ def run_reference_both(
         raise ValueError("guest is not a whole number of units")
     limit_pages = None if memlock_limit is None else memlock_limit // PAGE_SIZE
     vm = RefVM(strategy, guest_pages, unit, limit_pages, kernel=version,
-               sme_coherent=sme_coherent == "yes", shadow_mmu=mmu == "shadow")
+               sme_coherent=sme_coherent == "yes", shadow_mmu=mmu == "shadow",
+               image_pages=image_pages, prefault=prefault)
     try:
         vm.startup()
     except MemlockError:
@@ -440,15 +569,17 @@ def run_reference_both(
         res = RefResult(vm.counters, "memory lock limit exceeded at startup", vm.snapshot(), 0)
         return res, res
     done = 0
-    for kind, gfn, npages in ops:
+    for kind, gfn, npages, *to in ops:
         if not 0 <= gfn < guest_pages or npages < 1 or (
-            kind == "remap" and gfn + npages > guest_pages
+            kind != "access" and gfn + npages > guest_pages
         ):
             raise ValueError(f"operation {kind} {gfn} {npages} outside the guest")
         if kind == "access":
             vm.access(gfn)
         elif kind == "remap":
             vm.remap(gfn, npages)
+        elif kind == "convert":
+            vm.convert(gfn, npages, to[0])
         else:
             raise ValueError(f"unknown operation {kind!r}")
         done += 1

@@ -236,8 +236,8 @@ def test_break_evens_match_one_search_per_pair(monkeypatch) -> None:
 
 def test_a_strategy_that_cannot_run_is_named_not_compared(capsys) -> None:
     # 512 MiB may be locked: upfront and RFC v2 register (and lock) all 1 GiB at startup
-    argv = ["simulate", "--strategy", "all", "--guest-size", "1GiB", "--pattern", "random",
-            "--touch-fraction", "0.5", "--memlock-limit", "512MiB"]
+    argv = ["simulate", "--strategy", "upfront,demand,demand-v2", "--guest-size", "1GiB",
+            "--pattern", "random", "--touch-fraction", "0.5", "--memlock-limit", "512MiB"]
     assert main([*argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     failed = {s for s, run in out["runs"].items() if run["error"]}
@@ -249,6 +249,26 @@ def test_a_strategy_that_cannot_run_is_named_not_compared(capsys) -> None:
     text = capsys.readouterr().out
     assert "upfront could not run" in text and "teardown" in text
     assert "sensitivity: not computed" in text
+
+
+def test_a_limit_that_does_not_apply_to_gmem_is_left_out_of_its_run_and_said(capsys) -> None:
+    """Side by side, gmem runs without the memory-lock limit (nothing of it is charged)
+    and the output says so; alone, the same option is one line and exit status 2."""
+    argv = ["simulate", "--strategy", "all", "--guest-size", "1GiB", "--pattern", "random",
+            "--touch-fraction", "0.5", "--memlock-limit", "512MiB"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {s for s, run in out["runs"].items() if run["error"]} == {"upfront", "demand-v2"}
+    assert out["runs"]["gmem"]["error"] is None and out["runs"]["gmem"]["pins"] == 0
+    assert out["notes"] == ["gmem: memlock_limit not applied (pins nothing and is not "
+                            "charged to RLIMIT_MEMLOCK)"]
+    assert [(b["a"], b["b"]) for b in out["break_even"]] == [("demand", "gmem")]
+    assert main([*argv]) == 0
+    assert "note: gmem: memlock_limit not applied" in capsys.readouterr().out
+    assert main(["simulate", "--strategy", "gmem", "--guest-size", "1GiB",
+                 "--pattern", "random", "--memlock-limit", "512MiB"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "memlock_limit does not apply" in err
 
 
 def test_sensitivity_searches_each_end_on_the_base_crossings_side_only() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pinning.model.costs import (
+    CARRIED_IF_MISSING,
     COST_KEYS,
     EVENT_COST,
     SPREAD_KEYS,
@@ -87,6 +88,12 @@ def test_event_cost_covers_the_timed_counters():
         "clflush_bytes": ("clflush_page_ns", 1 / 4096),
         "page_flushes": ("page_flush_ns", 1.0),
         "wbinvd": ("wbinvd_ns", 1.0),
+        # guest_memfd's: an RMPUPDATE, a page-state-change request's exit, a page of the
+        # launch image (SNP_LAUNCH_UPDATE: copy + PSP command), a memory attribute stored
+        "rmpupdates": ("rmpupdate_ns", 1.0),
+        "psc_exits": ("psc_exit_ns", 1.0),
+        "launch_update_pages": ("psp_command_ns", 1.0),
+        "attr_pages": ("attr_store_ns", 1.0),
     }
     # every cost but the guest's own touch and the lock (the vCPU model's) prices a counter
     assert {k for k, _ in EVENT_COST.values()} == set(COST_KEYS) - {"guest_touch_ns",
@@ -201,3 +208,18 @@ def test_write_profile_refuses_incomplete_costs(tmp_path):
     p = CostProfile("x", "y", None, "test", {"pin_ns": 1.0})
     with pytest.raises(InputError, match="npf_exit_ns"):
         write_profile(p, tmp_path / "x.toml")
+
+
+def test_a_profile_from_before_guest_memfd_carries_the_defaults_new_keys(tmp_path):
+    """A calibrated profile written before the guest_memfd costs existed still loads:
+    it takes the default's values for them, and the sensitivity sees them as the
+    default's assumptions."""
+    path = tmp_path / "old.toml"
+    path.write_text(GOOD)  # has none of the guest_memfd keys
+    assert not any(key in GOOD for key in CARRIED_IF_MISSING)
+    p = load_profile(path)
+    default = load_profile()
+    for key in CARRIED_IF_MISSING:
+        assert p.costs[key] == default.costs[key]
+        assert p.provenance[key].kind == "carried"
+        assert p.kind(key) == "assumption"

@@ -424,3 +424,123 @@ def test_boot_pattern_touches_working_set_and_memmap() -> None:
         got = simulate(strategy, 150 * 512, "2m", pattern="boot")
         assert got.counters == ref.counters, strategy
         assert got.snapshot == ref.state, strategy
+
+
+# ---- guest_memfd --------------------------------------------------------------------
+
+
+@st.composite
+def gmem_ops(draw, guest_pages: int, max_ops: int) -> list[tuple]:
+    """Accesses, remaps and conversions (to shared and back) of random ranges, gfns
+    often revisited so that re-faults after a conversion are common."""
+    ops: list[tuple] = []
+    used: list[int] = []
+    for _ in range(draw(st.integers(0, max_ops))):
+        gfn = (draw(st.sampled_from(used)) if used and draw(st.booleans())
+               else draw(st.integers(0, guest_pages - 1)))
+        used.append(gfn)
+        npages = min(guest_pages - gfn, draw(st.integers(1, 4)))
+        kind = draw(st.sampled_from(("access", "access", "access", "remap", "convert")))
+        if kind == "convert":
+            ops.append(("convert", gfn, npages, draw(st.sampled_from(("shared", "private")))))
+        else:
+            ops.append((kind, gfn, 1 if kind == "access" else npages))
+    return ops
+
+
+def check_gmem_invariants(snap: dict, counters: dict, ops: list, n: int, image: int,
+                          kernel: str, torn_down: bool) -> None:
+    """What guest_memfd never does (pin, prefetch, WBINVD but sev_vm_destroy's) and how
+    its frames are held: by the VMM's mapping (shared gfns) or the guest_memfd."""
+    for name in ("pins", "unpins", "pinned_pages_peak", "pinned_pages_end", "page_flushes",
+                 "stale_pins_peak", "unpinned_mapped_hazards", "prefetched_pages"):
+        assert counters[name] == 0, name
+    assert not snap["pins"] and not snap["region"] and not snap["bitmap"] and not snap["pfns"]
+    assert counters["metadata_bytes"] == 9 * n
+    assert counters["launch_update_pages"] == min(image, n)
+    assert counters["psc_exits"] == sum(1 for op in ops if op[0] == "convert")
+    version = parse_kernel(kernel)
+    assert counters["wbinvd"] == (int(version < (6, 17)) if torn_down else 0)
+    host_map, gmem = snap["host_map"], snap["gmem"]
+    assert not set(host_map) & snap["private"], "a private gfn backed by the VMM's memory"
+    assert snap["prepared"] <= set(gmem)
+    expected = Counter(host_map.values())
+    expected.update(gmem.values())
+    assert snap["refs"] == dict(expected)
+    assert counters["leaked_refs"] == 0
+    # Each guest-owned folio took one RMPUPDATE and gives it back with one more and a
+    # 4 KiB CLFLUSH when it is freed.
+    freed_owned = counters["clflush_bytes"] // PAGE_SIZE
+    assert counters["rmpupdates"] == 2 * freed_owned + len(snap["prepared"])
+    if torn_down:
+        assert not gmem and not snap["private"] and not snap["nested"]
+
+
+@settings(max_examples=300)
+@given(data=st.data())
+def test_gmem_matches_reference(data) -> None:
+    guest_pages = data.draw(st.integers(1, 48), label="pages")
+    ops = data.draw(gmem_ops(guest_pages, 30), label="ops")
+    image = data.draw(st.integers(0, guest_pages + 2), label="image pages")
+    prefault = data.draw(st.sampled_from(("none", "fallocate", "map")), label="prefault")
+    host = data.draw(hosts("4k"), label="host")
+    launch = {"image_pages": image, "prefault": prefault}
+    live, destroyed = run_reference_both("gmem", guest_pages, "4k", ops, **host, **launch)
+    rows = [(op[0], op[1], op[2], 0, op[3]) if op[0] == "convert" else op for op in ops]
+    trace = Trace.from_rows(rows)
+    for teardown, ref in ((True, destroyed), (False, live)):
+        check_gmem_invariants(ref.state, ref.counters, ops, guest_pages, image,
+                              host["kernel"], teardown)
+        got = simulate("gmem", guest_pages, "4k", trace=trace, teardown=teardown, **host,
+                       **launch)
+        check_gmem_invariants(got.snapshot, got.counters, ops, guest_pages, image,
+                              host["kernel"], teardown)
+        assert got.counters == ref.counters, f"teardown={teardown}"
+        assert got.snapshot == ref.state, f"teardown={teardown}"
+        assert got.result.ops_done == ref.ops_done
+    event(f"prefault={prefault}, converted={destroyed.counters['attr_pages'] > guest_pages}")
+
+
+@settings(max_examples=60)
+@given(strategy=st.sampled_from(STRATEGIES), data=st.data())
+def test_conversions_of_pinning_strategies_are_exits_only(strategy, data) -> None:
+    """Under SEV/SEV-ES the guest's page-table bit is the conversion: KVM counts the
+    request's exit and keeps the memory as it is."""
+    guest_pages = data.draw(st.integers(1, 32), label="pages")
+    ops = data.draw(gmem_ops(guest_pages, 20), label="ops")
+    plain = [op for op in ops if op[0] != "convert"]
+    with_conv = run_reference(strategy, guest_pages, "4k", ops)
+    without = run_reference(strategy, guest_pages, "4k", plain)
+    expected = dict(without.counters, psc_exits=len(ops) - len(plain))
+    assert with_conv.counters == expected
+    rows = [(op[0], op[1], op[2], 0, op[3]) if op[0] == "convert" else op for op in ops]
+    got = simulate(strategy, guest_pages, "4k", trace=Trace.from_rows(rows))
+    assert got.counters == with_conv.counters
+    assert got.snapshot == with_conv.state
+
+
+def test_gmem_first_touch_and_conversion_by_hand() -> None:
+    """Eight pages, a two-page image: the counts of docs/model.md's gmem rules, by hand."""
+    ops = [("access", 0, 1), ("access", 5, 1), ("access", 6, 1),
+           ("convert", 5, 2, "shared"), ("access", 5, 1), ("convert", 5, 2, "private"),
+           ("access", 5, 1)]
+    ref = run_reference("gmem", 8, "4k", ops, image_pages=2, kernel="6.16")
+    c = ref.counters
+    # launch: 8 attributes, 2 image folios (RMPUPDATE, no zeroing); first touches of 5, 6:
+    # a folio each, zeroed, RMPUPDATE; gfn 0 is the image's (exit, nothing else).
+    # to shared: 2 attributes, 2 folios given back (RMPUPDATE + CLFLUSH) and freed; the
+    # shared touch of 5: the VMM's page (host fault, zeroed); to private: 2 attributes,
+    # the VMM's page dropped; the touch of 5 again: a new folio. Teardown: 3 folios.
+    assert c["npf_exits"] == 5
+    assert c["attr_pages"] == 8 + 2 + 2
+    assert c["psc_exits"] == 2
+    assert c["launch_update_pages"] == 2
+    assert c["host_faults"] == 2 + 2 + 1 + 1
+    assert c["frames_zeroed"] == 2 + 1 + 1
+    assert c["rmpupdates"] == 2 + 2 + 2 + 1 + 3
+    assert c["clflush_bytes"] == (2 + 3) * PAGE_SIZE
+    assert c["wbinvd"] == 1 and c["pins"] == 0
+    got = simulate("gmem", 8, "4k", trace=Trace.from_rows(
+        [(o[0], o[1], o[2], 0, o[3]) if o[0] == "convert" else o for o in ops]),
+        image_pages=2, kernel="6.16")
+    assert got.counters == c

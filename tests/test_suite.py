@@ -66,7 +66,8 @@ def test_startup_name_and_argv_round_trip():
     [
         ("[suite]\nspeed = 1\n", "t.toml: [suite] unknown key 'speed' (allowed: cost_profile"),
         ("[[benchmark]]\nworkload='startup'\nstrategy='demand'\nguest_size='1GiB'\ncolour=1\n",
-         "t.toml: [[benchmark]] #1: unknown key 'colour' (allowed: backing, guest_size"),
+         "t.toml: [[benchmark]] #1: unknown key 'colour' (allowed: acceptance, backing, "
+         "convert_fraction, guest_size"),
         ("[[benchmark]]\nworkload='reboot'\nstrategy='demand'\nguest_size='1GiB'\n",
          "workload 'reboot' is not one of startup, fault_storm, remap, teardown, lifecycle, "
          "boot"),

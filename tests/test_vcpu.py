@@ -38,6 +38,10 @@ COSTS = {
     "lock_hold_ns": 32.0,
     "guest_touch_ns": 8.0,
     "spte_prefetch_ns": 4.0,
+    "rmpupdate_ns": 256.0,
+    "psc_exit_ns": 4096.0,
+    "psp_command_ns": 8192.0,
+    "attr_store_ns": 2.0,
 }
 ZERO = COSTS["zero_byte_ns"] * PAGE_SIZE
 

@@ -145,7 +145,7 @@ class Lifecycles:
         from pinning.model.lifecycle import run_lifecycle
 
         profile = self.profile.with_costs(**changes) if changes else self.profile
-        config = replace(self.config, strategy=strategy, touch_fraction=fraction,
+        config = replace(self.config.for_strategy(strategy)[0], touch_fraction=fraction,
                          backing="sim", host="warm")
         workload = self.workload
         if workload is None:

@@ -139,6 +139,7 @@ def comparison_text(res: dict[str, Any]) -> str:
             lines.append(f"  {label:<{width}}" + "".join(
                 f"  {c:>{w}}" for c, w in zip(cells, cols, strict=True)))
 
+    lines.extend(f"note: {n}" for n in res.get("notes", []))
     for s in names:
         if runs[s]["error"]:
             lines.append(f"{s}: error: {runs[s]['error']}")

@@ -74,6 +74,11 @@ NOT_MEASURABLE: dict[str, str] = {
     "wbinvd_ns": "WBINVD is a privileged (ring-0) instruction",
     "lock_hold_ns": "KVM's per-VM pinning lock is inside the kernel (the RFC's fault path)",
     "lock_cv": "the hold times of KVM's per-VM lock are inside the kernel",
+    "rmpupdate_ns": "RMPUPDATE is a ring-0 instruction of an SEV-SNP host (no SNP here)",
+    "psc_exit_ns": "an SNP guest's page-state-change requests need an SEV-SNP host",
+    "psp_command_ns": "SNP_LAUNCH_UPDATE is a command of an SEV-SNP host's PSP",
+    "attr_store_ns": "KVM_SET_MEMORY_ATTRIBUTES is not offered by this host's default VMs "
+                     "(KVM_CAP_MEMORY_ATTRIBUTES 0, HOST.md)",
 }
 #: Every key a calibration writes a value for, in the order of the profile.
 PROFILE_VALUE_KEYS: tuple[str, ...] = COST_KEYS + SPREAD_KEYS

@@ -82,7 +82,11 @@ def simulate(config: BenchConfig, names: tuple[str, ...], profile: CostProfile,
     from pinning.analysis import answer as A
     from pinning.model.lifecycle import warm_up
 
-    configs = [replace(config, strategy=s) for s in names]
+    if len(names) == 1:  # one strategy: every option given must apply to it
+        configs, notes = [replace(config, strategy=names[0])], []
+    else:  # side by side: each strategy takes the options that apply to it
+        pairs = [config.for_strategy(s) for s in names]
+        configs, notes = [c for c, _ in pairs], [n for _, n in pairs if n]
     for c in configs:
         c.check()
     if sensitivity:
@@ -114,6 +118,7 @@ def simulate(config: BenchConfig, names: tuple[str, ...], profile: CostProfile,
                    "sme_coherent": config.sme_coherent, "mmu": config.mmu,
                    "memlock_limit": config.memlock_limit},
         "cost_profile": {"name": profile.name, "source": profile.source},
+        "notes": notes,
         "runs": runs,
         "answer": {"cheapest": sbs.cheapest if ran else None,
                    "modelled_total_ns": {s: lc.total_ns(s) for s in names},

@@ -9,7 +9,7 @@ analysis layer import it without the model's kernels.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pinning.model import strategies
@@ -98,7 +98,8 @@ class BenchConfig:
                          "none, fallocate (allocate folios), map (KVM_PRE_FAULT_MEMORY)",
                          choices=lambda: PREFAULTS, default="none")
     image_size: int = _opt("guest_memfd only: the encrypted launch image put in with "
-                           "SNP_LAUNCH_UPDATE, e.g. 4MiB", "size", metavar="SIZE",
+                           "SNP_LAUNCH_UPDATE, e.g. 4MiB (at most the guest)", "size",
+                           metavar="SIZE",
                            default=4 << 20)
     convert_fraction: float = _opt("fraction of the guest converted private -> shared -> "
                                    "private (convert family)", "fraction", metavar="F",
@@ -196,6 +197,25 @@ class BenchConfig:
                              "touch_fraction does not apply")
 
 
+    def for_strategy(self, name: str) -> tuple[BenchConfig, str | None]:
+        """This configuration for strategy ``name`` in a side-by-side: the options that
+        do not apply to it are left at their defaults (a memory-lock limit for a
+        guest_memfd strategy, gmem's launch options for the others), with a note
+        saying so (None if nothing was left out)."""
+        strategy = strategies.get(name)
+        changes: dict[str, Any] = {}
+        if strategy.guest_memfd:
+            if self.memlock_limit is not None:
+                changes["memlock_limit"] = None
+        else:
+            changes.update({k: default(k) for k in GMEM_ONLY if getattr(self, k) != default(k)})
+        out = replace(self, strategy=name, **changes)
+        if not changes:
+            return out, None
+        why = ("pins nothing and is not charged to RLIMIT_MEMLOCK" if strategy.guest_memfd
+               else "its memory is the VMM's own, not a guest_memfd")
+        return out, f"{name}: {', '.join(changes)} not applied ({why})"
+
     def _check_memory_kind(self) -> None:
         """Options that hold for guest_memfd strategies only, and what gmem cannot take."""
         strategy = strategies.get(self.strategy)
@@ -211,11 +231,9 @@ class BenchConfig:
         if self.level != "4k":
             raise InputError(f"strategy {self.strategy!r} maps 4k only: guest_memfd folios "
                              f"are order 0 (kvm_gmem_get_folio), not {self.level}")
-        if self.image_size <= 0 or self.image_size % PAGE_SIZE or (
-                self.image_size > self.guest_size):
-            raise InputError(f"image_size {format_size(self.image_size)} must be a positive "
-                             f"multiple of 4KiB no larger than the guest "
-                             f"({format_size(self.guest_size)})")
+        if self.image_size < 0 or self.image_size % PAGE_SIZE:
+            raise InputError(f"image_size {self.image_size} must be a multiple of 4KiB "
+                             "(an image larger than the guest fills all of it)")
 
 
 #: Options that apply to guest_memfd strategies only (others keep the default).

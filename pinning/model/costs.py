@@ -37,12 +37,20 @@ COST_KEYS: tuple[str, ...] = (
     "lock_hold_ns",
     "guest_touch_ns",
     "spte_prefetch_ns",
+    "rmpupdate_ns",
+    "psc_exit_ns",
+    "psp_command_ns",
+    "attr_store_ns",
 )
 #: The ``[spread]`` table: coefficient of variation of each fault's parallel part and of
 #: each lock hold in the vCPU model (0: deterministic).
 SPREAD_KEYS: tuple[str, ...] = ("fault_cv", "lock_cv")
 #: The optional ``[host]`` table: what the costs were measured on (descriptive).
 HOST_KEYS: dict[str, type] = {"sme_coherent": bool, "thp": str, "mmu": str, "kernel": str}
+#: Keys added with guest_memfd (issue #13): a profile written before them (e.g. by an
+#: older ``pinbench calibrate``) takes the packaged default's values for them, carried.
+CARRIED_IF_MISSING: tuple[str, ...] = ("rmpupdate_ns", "psc_exit_ns", "psp_command_ns",
+                                       "attr_store_ns")
 #: Keys of earlier profiles and what replaced them (a profile naming one is refused).
 REPLACED_KEYS: dict[str, str] = {
     "zero_frame_ns": "host_fault_ns + zero_byte_ns (a host fault of any size, then its bytes)",
@@ -62,6 +70,10 @@ EVENT_COST: dict[str, tuple[str, float]] = {
     "clflush_bytes": ("clflush_page_ns", 1.0 / PAGE_SIZE),
     "page_flushes": ("page_flush_ns", 1.0),
     "wbinvd": ("wbinvd_ns", 1.0),
+    "rmpupdates": ("rmpupdate_ns", 1.0),
+    "psc_exits": ("psc_exit_ns", 1.0),
+    "launch_update_pages": ("psp_command_ns", 1.0),
+    "attr_pages": ("attr_store_ns", 1.0),
 }
 
 #: How a profile's value was obtained, from the comment block above its line: the
@@ -207,6 +219,10 @@ def _parse(data: bytes, source: str) -> CostProfile:
 
     tables = ("profile", "spread", "host")
     costs = {k: v for k, v in doc.items() if k not in tables}
+    carried = [k for k in CARRIED_IF_MISSING if k not in costs]
+    if carried and source != DEFAULT_SOURCE:
+        default = load_profile()
+        costs.update({k: default.costs[k] for k in carried})
     _check_costs(costs, source, text)
     meta = doc.get("profile")
     if not isinstance(meta, dict):
@@ -246,7 +262,7 @@ def _parse(data: bytes, source: str) -> CostProfile:
         costs={k: float(costs[k]) for k in COST_KEYS},
         spread={k: float(spread[k]) for k in SPREAD_KEYS},
         host=dict(host),
-        provenance=provenance(text),
+        provenance={**provenance(text), **dict.fromkeys(carried, Provenance("carried"))},
     )
 
 

@@ -80,13 +80,24 @@ class LifecycleResult:
 
 
 def build_workload(config: BenchConfig) -> Workload:
-    """The guest's accesses (and, for the remap family, the VMM's remap) of a configuration."""
+    """The guest's accesses (and, for the remap and convert families, the VMM's remap or
+    the guest's conversions) of a configuration."""
     if "access" not in RUN_PHASES[config.workload]:
         return Workload((), config.vcpus, "no guest accesses")
+    gmem = strategies.get(config.strategy).guest_memfd
     return make_workload(
         config.pattern, config.guest_pages, config.level, vcpus=config.vcpus,
         layout=config.layout, touch_fraction=config.touch_fraction, seed=config.seed,
-        remap_fraction=config.remap_fraction if config.workload == "remap" else 0.0)
+        remap_fraction=config.remap_fraction if config.workload == "remap" else 0.0,
+        convert_fraction=config.convert_fraction if config.workload == "convert" else 0.0,
+        accept=config.acceptance if gmem and config.pattern == "boot" else None)
+
+
+def launch_rules(strategy: Strategy, config: BenchConfig) -> np.ndarray:
+    """The engine's rule vector of a configuration (its launch options included)."""
+    return np.array(strategy.rules(config.host_params, config.level, prefault=config.prefault,
+                                   image_pages=config.image_size // PAGE_SIZE),
+                    dtype=np.int64)
 
 
 # The states of the last configurations run in this process, reused by the next run of
@@ -145,7 +156,7 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile, *,
     """
     strategy = strategies.get(config.strategy)
     host = config.host_params
-    rules = np.array(strategy.rules(host, config.level), dtype=np.int64)
+    rules = launch_rules(strategy, config)
     upages = unit_pages(config.level)
     if workload is None:
         workload = build_workload(config)
@@ -206,10 +217,13 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile, *,
         return res
     wanted = RUN_PHASES[config.workload]
     steps = workload.steps
-    if "remap" in wanted:
-        # The first pass maps the guest; the measured part is the remap and the re-faults.
-        phase("access", lambda: access(steps[:1]))
-        phase("remap", lambda: access(steps[1:]))
+    again = next((p for p in ("remap", "convert") if p in wanted), None)
+    if again is not None:
+        # The first pass maps the guest; the measured part is the remap (or the
+        # conversions) and the re-faults.
+        first = next(i for i, s in enumerate(steps) if isinstance(s, Phase)) + 1
+        phase("access", lambda: access(steps[:first]))
+        phase(again, lambda: access(steps[first:]))
     elif "access" in wanted:
         phase("access", lambda: access(steps))
     if "teardown" in wanted:

@@ -29,12 +29,17 @@ COUNTERS: tuple[str, ...] = (
     "pinned_pages_end",
     "metadata_bytes",
     "leaked_refs",
+    # guest_memfd (SEV-SNP); 0 for the strategies that pin
+    "rmpupdates",
+    "psc_exits",
+    "attr_pages",
+    "launch_update_pages",
 )
 
 #: Phases a lifecycle may run, in order.
-PHASES: tuple[str, ...] = ("startup", "access", "remap", "teardown")
-#: Phases that run the vCPU model (guest accesses; the remap phase re-faults).
-VCPU_PHASES: tuple[str, ...] = ("access", "remap")
+PHASES: tuple[str, ...] = ("startup", "access", "remap", "convert", "teardown")
+#: Phases that run the vCPU model (guest accesses; the remap and convert phases re-fault).
+VCPU_PHASES: tuple[str, ...] = ("access", "remap", "convert")
 
 #: Workload family -> the phases it runs (a phase nobody measures or needs before a
 #: measured one is skipped: a 1 TiB startup benchmark needs no fault storm).
@@ -45,6 +50,7 @@ RUN_PHASES: dict[str, tuple[str, ...]] = {
     "teardown": ("startup", "access", "teardown"),
     "lifecycle": ("startup", "access", "teardown"),
     "boot": ("startup", "access"),
+    "convert": ("startup", "access", "convert"),
 }
 #: Workload family -> the phases its measured value covers.
 MEASURED_PHASES: dict[str, tuple[str, ...]] = {
@@ -54,6 +60,7 @@ MEASURED_PHASES: dict[str, tuple[str, ...]] = {
     "teardown": ("teardown",),
     "lifecycle": ("startup", "access", "teardown"),
     "boot": ("startup", "access"),
+    "convert": ("convert",),
 }
 #: The workload families, in report order (one bench/<family>.py script each).
 FAMILIES: tuple[str, ...] = tuple(RUN_PHASES)
@@ -65,8 +72,11 @@ PATTERNS: tuple[str, ...] = ("sequential", "random", "hotset", "zipf", "strided"
 FAMILY_PATTERN: dict[str, str] = {"boot": "boot"}
 #: How a workload's vCPUs share the guest: own contiguous slices, or one stream round-robin.
 LAYOUTS: tuple[str, ...] = ("slices", "shared")
-#: Operations of a trace file, by the code the engine gives them (index = code).
-TRACE_OPS: tuple[str, ...] = ("access", "remap")
+#: Operations of a trace file (index = the code a Trace stores): a guest access, a VMM
+#: remap, a conversion of a range to shared or to private (its ``to`` column).
+TRACE_OPS: tuple[str, ...] = ("access", "remap", "convert")
+#: The directions of a ``convert`` operation.
+CONVERT_TO: tuple[str, ...] = ("shared", "private")
 
 #: Where guest memory lives: the sim's arrays only; a real anonymous mapping beside the
 #: sim's bookkeeping (DESIGN §3 method 2); a real KVM guest through /dev/kvm (method 3).

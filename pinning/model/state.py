@@ -53,6 +53,11 @@ class State(NamedTuple):
     pinned_bitmap: np.ndarray
     #: int64[guest_pages] -- the memslot's pfn array
     pfns: np.ndarray
+    #: int64[guest_pages] -- guest_memfd: the folio of each gfn (0: none)
+    gmem: np.ndarray
+    #: uint8[guest_pages] -- guest_memfd: engine.GMEM_PRIVATE (memory attribute) and
+    #: engine.GMEM_PREPARED (folio up to date and the guest's in the RMP) of each gfn
+    gmem_flags: np.ndarray
 
     @property
     def guest_pages(self) -> int:
@@ -84,6 +89,11 @@ def metadata_shapes(strategy: Strategy, guest_pages: int) -> tuple[int, int, int
     return region, (guest_pages + 63) // 64 if tracked else 0, guest_pages if tracked else 0
 
 
+def gmem_pages(strategy: Strategy, guest_pages: int) -> int:
+    """Length of the guest_memfd arrays (gmem, gmem_flags): the guest, or 0."""
+    return guest_pages if strategy.guest_memfd else 0
+
+
 def memory_needed(strategy: Strategy, guest_pages: int, level: str, remapped_pages: int = 0,
                   extra: int = 0) -> int:
     """Bytes the state's arrays take for this run, plus ``extra`` (e.g. the workload's)."""
@@ -91,7 +101,7 @@ def memory_needed(strategy: Strategy, guest_pages: int, level: str, remapped_pag
     n_units = guest_pages // unit_pages(level)
     host = 8 * guest_pages + 4 * 2 * (cap + 1) + 8 * cap + n_units
     region, words, pfns = metadata_shapes(strategy, guest_pages)
-    return host + 8 * (region + words + pfns) + extra
+    return host + 8 * (region + words + pfns) + 9 * gmem_pages(strategy, guest_pages) + extra
 
 
 def config_bytes(config: BenchConfig, workload: Workload | None = None) -> int:
@@ -161,6 +171,8 @@ def new_state(strategy: Strategy, guest_pages: int, level: str,
         region_pages=_zeros(region, np.int64),
         pinned_bitmap=_zeros(words, np.uint64),
         pfns=_zeros(pfns, np.int64),
+        gmem=_zeros(gmem_pages(strategy, guest_pages), np.int64),
+        gmem_flags=_zeros(gmem_pages(strategy, guest_pages), np.uint8),
     )
 
 
@@ -196,7 +208,9 @@ def snapshot(state: State) -> dict:
     bottom first; ``next_pfn``; ``nested`` the set of mapped units;
     ``pinned`` pages pinned now; ``stale`` stale pins now; ``region``
     {gfn: pfn} of the upfront page array; ``bitmap`` the set gfns whose
-    pinned bit is set; ``pfns`` {gfn: pfn} nonzero entries of the pfn array.
+    pinned bit is set; ``pfns`` {gfn: pfn} nonzero entries of the pfn array;
+    guest_memfd: ``gmem`` {gfn: pfn} of its folios, ``private`` and ``prepared``
+    the sets of gfns with those flags.
     """
     def nonzero(a: np.ndarray) -> dict[int, int]:
         idx = np.flatnonzero(a)
@@ -215,4 +229,7 @@ def snapshot(state: State) -> dict:
         "region": nonzero(state.region_pages),
         "bitmap": set(np.flatnonzero(bits).tolist()),
         "pfns": nonzero(state.pfns),
+        "gmem": nonzero(state.gmem),
+        "private": set(np.flatnonzero(state.gmem_flags & 1).tolist()),
+        "prepared": set(np.flatnonzero(state.gmem_flags & 2).tolist()),
     }

@@ -16,13 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pinning.model.host import Host
-from pinning.model.names import InputError
+from pinning.model.names import PREFAULTS, InputError
 
 # Kernel codes: which engine kernel runs a strategy's startup, fault and teardown.
 #: register the region: page array, populate + pin (+ flush) every page
 STARTUP_PIN_REGION = 1
 #: allocate the memslot's pinned bitmap and pfn array (nothing pinned)
 STARTUP_MEMSLOT = 2
+#: guest_memfd launch: attributes PRIVATE, the image through SNP_LAUNCH_UPDATE, prefault
+STARTUP_GMEM = 3
 #: install the nested mapping; a page whose frame nobody pins is a hazard
 FAULT_MAP = 1
 #: RFC v1 (``sev_pin_spte``): a reference on every 4 KiB page of the unit, then flush
@@ -31,10 +33,16 @@ FAULT_PIN_PAGES = 2
 #: RFC v2 (``sev_pin_pfn``): one long-term pin of the unit, the fault path's own pin
 #: taken and released around it
 FAULT_PIN_UNIT = 3
+#: guest_memfd (``kvm_gmem_get_pfn``): a private gfn's folio, zeroed and made guest-owned
+#: (RMPUPDATE) at its first fault; a shared gfn faults in the VMM's memory; no pin
+FAULT_GMEM = 4
 #: drop every pin of the region's page array
 TEARDOWN_REGION = 1
 #: walk the pinned bitmap and drop each set bit's pin
 TEARDOWN_BITMAP = 2
+#: free every guest_memfd folio: RMPUPDATE back to the hypervisor + 4 KiB CLFLUSH if the
+#: guest owned it (``sev_gmem_invalidate``)
+TEARDOWN_GMEM = 3
 
 # Where a fault's pinning work runs (the lock the vCPU model queues it on).
 PIN_LOCK_NONE = "none"  # pins nothing in the fault path
@@ -57,7 +65,9 @@ R_PIN_LOCK = 11  # 1: the fault's pin work holds slots_arch_lock
 R_MMU_LOCK = 12  # 1: every fault holds mmu_lock for write (shadow MMU)
 R_PIN_UNDER_MMU = 13  # 1: the pin work runs inside that mmu_lock section
 R_TRANSIENT_PIN = 14  # 1: the fault path pins and unpins the faulting page itself
-N_RULES = 15
+R_PREFAULT = 15  # guest_memfd: index in names.PREFAULTS (none, fallocate, map)
+R_IMAGE_PAGES = 16  # guest_memfd: pages put in with SNP_LAUNCH_UPDATE at launch
+N_RULES = 17
 
 
 @dataclass(frozen=True)
@@ -91,8 +101,10 @@ class Strategy:
         """KVM's per-VM arrays for a guest of ``guest_pages`` pages."""
         return self.metadata_per_page * guest_pages
 
-    def rules(self, host: Host, level: str) -> tuple[int, ...]:
-        """The engine's rule vector (indices ``R_*``) on ``host`` at mapping ``level``."""
+    def rules(self, host: Host, level: str, *, prefault: str = "none",
+              image_pages: int = 0) -> tuple[int, ...]:
+        """The engine's rule vector (indices ``R_*``) on ``host`` at mapping ``level``;
+        a guest_memfd strategy's launch also takes ``prefault`` and ``image_pages``."""
         out = [0] * N_RULES
         out[R_STARTUP] = self.startup
         out[R_FAULT] = self.fault
@@ -109,6 +121,16 @@ class Strategy:
         out[R_MMU_LOCK] = int(host.shadow_mmu)
         out[R_PIN_UNDER_MMU] = int(self.pin_lock == PIN_LOCK_MMU and host.shadow_mmu)
         out[R_TRANSIENT_PIN] = int(self.fault == FAULT_PIN_UNIT)
+        if self.guest_memfd:
+            # Private memory has no host mapping the shadow MMU could prefetch from
+            # (gfn_to_page_many_atomic walks the hva); for an SNP guest
+            # sev_guest_memory_reclaimed returns at once, so neither an invalidation
+            # nor the notifier's release writes back caches: only sev_vm_destroy does.
+            out[R_PREFETCH] = 0
+            out[R_REMAP_WBINVD] = 0
+            out[R_TEARDOWN_WBINVD] = int(host.destroy_flush)
+            out[R_PREFAULT] = PREFAULTS.index(prefault)
+            out[R_IMAGE_PAGES] = image_pages
         return tuple(out)
 
     def pins_at_startup(self) -> bool:
@@ -187,4 +209,16 @@ register(Strategy(
     startup=STARTUP_MEMSLOT, fault=FAULT_PIN_UNIT, teardown=TEARDOWN_BITMAP,
     metadata_per_page=16, pinning_phases=("access", "remap"), memlock_at_startup=True,
     pin_lock=PIN_LOCK_SLOTS_ARCH, memslot_free_wbinvd=1,
+))
+register(Strategy(
+    name="gmem",
+    label="guest_memfd (upstream SEV-SNP, what was merged instead)",
+    description="private memory from a guest_memfd: each page allocated, zeroed and made "
+                "guest-owned (RMPUPDATE) at its first fault (kvm_gmem_get_pfn); no pin, "
+                "no CLFLUSH until it is freed, no memory-lock accounting",
+    colour="#e7298a",
+    startup=STARTUP_GMEM, fault=FAULT_GMEM, teardown=TEARDOWN_GMEM,
+    # the memory-attribute xarray: one 576-byte xa_node per 64 gfns (kvm->mem_attr_array)
+    metadata_per_page=9, pinning_phases=(), flush_gated_by_coherence=False,
+    guest_memfd=True,
 ))

@@ -5,7 +5,9 @@ the bookkeeping is the engine's. See :mod:`pinning.model.kernels.vcpu` for the
 discrete-event rules and their approximations. Steps run in order and every
 step boundary is a barrier: a step starts when the previous one has finished
 on all vCPUs (the engine applies each step's bookkeeping before the next). A
-:class:`~pinning.model.workloads.Remap` costs the WBINVDs it counts (upfront: one).
+:class:`~pinning.model.workloads.Remap` costs the WBINVDs it counts (upfront: one), a
+:class:`~pinning.model.workloads.Convert` everything it counts (the exits, the attribute
+store, a discard's RMPUPDATEs and CLFLUSHes), serially.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import numpy as np
 
 from pinning.model import strategies
 from pinning.model.config import BenchConfig
-from pinning.model.costs import COST_KEYS, CostProfile
+from pinning.model.costs import COST_KEYS, CostProfile, modelled_ns
 from pinning.model.host import Host
 from pinning.model.kernels import engine as K
 from pinning.model.kernels import vcpu as VK
 from pinning.model.names import COUNTERS, MAX_VCPUS, InputError
-from pinning.model.state import PINNED, State, frame_capacity, metadata_shapes
+from pinning.model.state import PINNED, State, frame_capacity, gmem_pages, metadata_shapes
 from pinning.model.units import PAGE_SIZE, unit_pages
-from pinning.model.workloads import Phase, Remap, Workload
+from pinning.model.workloads import Convert, Phase, Remap, Workload
 
 #: Fault-latency histogram: log-spaced bins from 1 ns to 100 s, 40 per decade.
 LATENCY_MIN_NS = 1.0
@@ -116,6 +118,7 @@ def run_workload(state: State, strategy: str, level: str, workload: Workload,
     prices[VK.P_PAGE_FLUSH] = c["page_flush_ns"]
     prices[VK.P_CLFLUSH_BYTE] = c["clflush_page_ns"] / PAGE_SIZE
     prices[VK.P_PREFETCH] = c["spte_prefetch_ns"]
+    prices[VK.P_RMPUPDATE] = c["rmpupdate_ns"]
     prices[VK.P_FAULT_CV] = profile.spread["fault_cv"]
     prices[VK.P_LOCK_CV] = profile.spread["lock_cv"]
     rng = np.random.default_rng([seed, 0x5EED])  # the service times' own stream
@@ -146,6 +149,16 @@ def run_workload(state: State, strategy: str, level: str, workload: Workload,
             wbinvd0 = counters[K.WBINVD]
             K.run(state, rules, upages, K.NO_LIMIT, *_remap_op(step))
             barrier += wbinvd_ns * float(counters[K.WBINVD] - wbinvd0)
+            clocks.fill(barrier)
+            ops_done += 1
+            continue
+        if isinstance(step, Convert):
+            # The requests' exits, the attribute store and the discard run in KVM and
+            # the VMM while the vCPUs wait (priced serially, as a remap's WBINVD is).
+            step0 = counters.copy()
+            K.run(state, rules, upages, K.NO_LIMIT, *_convert_ops(step))
+            barrier += modelled_ns(dict(zip(COUNTERS, (int(d) for d in counters - step0),
+                                            strict=True)), profile)
             clocks.fill(barrier)
             ops_done += 1
             continue
@@ -188,6 +201,15 @@ def _remap_op(step: Remap) -> tuple:
             np.array([step.npages], dtype=np.int64), np.zeros(0, dtype=np.uint32))
 
 
+def _convert_ops(step: Convert) -> tuple:
+    """The engine's operations of one conversion: the guest's requests, then the range."""
+    op = K.OP_TO_SHARED if step.to == "shared" else K.OP_TO_PRIVATE
+    return (np.array([K.OP_PSC, op], dtype=np.int8),
+            np.array([0, step.gfn], dtype=np.int64),
+            np.array([step.requests, step.npages], dtype=np.int64),
+            np.zeros(0, dtype=np.uint32))
+
+
 def _check_state(state: State, strategy: str, level: str, upages: int) -> int:
     """The guest's page count, after checking that ``state`` fits strategy and level."""
     if not isinstance(state, State):
@@ -198,7 +220,8 @@ def _check_state(state: State, strategy: str, level: str, upages: int) -> int:
         raise InputError(f"state of {guest_pages} pages with {nested.shape[0]} nested units "
                          f"was not built for level {level}")
     shapes = metadata_shapes(strategies.get(strategy), guest_pages)
-    if tuple(a.shape[0] for a in state.metadata_arrays()) != shapes:
+    if tuple(a.shape[0] for a in state.metadata_arrays()) != shapes or (
+            state.gmem.shape[0] != gmem_pages(strategies.get(strategy), guest_pages)):
         raise InputError(f"state was not built for strategy {strategy}")
     # Every strategy's startup accounts its metadata; a VM without it never started.
     if state.counters[K.METADATA_BYTES] == 0:
@@ -215,13 +238,15 @@ def _check_workload(workload: Workload, guest_pages: int, upages: int) -> int:
         raise InputError(f"workload nvcpus {nv!r} must be between 1 and {MAX_VCPUS}")
     n_units = guest_pages // upages
     for i, step in enumerate(workload.steps, 1):
-        if isinstance(step, Remap):
+        if isinstance(step, Remap | Convert):
+            what = "remap" if isinstance(step, Remap) else f"conversion to {step.to}"
             if not (0 <= step.gfn and 1 <= step.npages and step.gfn + step.npages <= guest_pages):
-                raise InputError(f"step {i}: remap of gfn {step.gfn}, npages {step.npages} "
+                raise InputError(f"step {i}: {what} of gfn {step.gfn}, npages {step.npages} "
                                  f"lies outside the guest's gfns 0..{guest_pages - 1}")
             continue
         if not isinstance(step, Phase):
-            raise InputError(f"step {i}: expected a Phase or a Remap, got {type(step).__name__}")
+            raise InputError(f"step {i}: expected a Phase, a Remap or a Convert, got "
+                             f"{type(step).__name__}")
         units, bounds = step.units, step.bounds
         if units.ndim != 1 or units.dtype not in (np.uint32, np.int64):
             raise InputError(f"step {i}: units must be a 1-D uint32 or int64 array, "

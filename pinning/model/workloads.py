@@ -20,6 +20,12 @@ from pinning.model.units import PAGE_SIZE, unit_pages
 BOOT_WORKING_SET = 256 << 20
 #: sizeof(struct page) on x86-64: the guest's memory map is 64 B per 4 KiB page.
 STRUCT_PAGE_BYTES = 64
+#: A guest's unaccepted memory is tracked, and accepted, in 2 MiB units
+#: (EFI_UNACCEPTED_UNIT_SIZE = PMD_SIZE, drivers/firmware/efi/libstub/unaccepted_memory.c).
+ACCEPT_UNIT_PAGES = 512
+#: Entries of one page-state-change request the guest sends (VMGEXIT_PSC_MAX_ENTRY,
+#: arch/x86/include/asm/sev.h; 2 MiB entries where aligned, __set_pages_state).
+PSC_ENTRIES = 64
 
 
 def touched_units(n_units: int, touch_fraction: float) -> int:
@@ -113,10 +119,22 @@ class Remap:
 
 
 @dataclass(frozen=True)
-class Workload:
-    """Phases of guest accesses and VMM remaps, run in order after startup."""
+class Convert:
+    """The guest asks for ``[gfn, gfn + npages)`` to become ``to`` ("shared" or
+    "private") in ``requests`` coalesced page-state-change requests, one userspace exit
+    each, and the VMM converts it (all vCPUs wait)."""
 
-    steps: tuple[Phase | Remap, ...]
+    gfn: int
+    npages: int
+    to: str
+    requests: int = 1
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Phases of guest accesses, VMM remaps and conversions, run in order after startup."""
+
+    steps: tuple[Phase | Remap | Convert, ...]
     nvcpus: int
     description: str = ""
 
@@ -339,6 +357,8 @@ def make_workload(
     touch_fraction: float = 1.0,
     seed: int = 0,
     remap_fraction: float = 0.0,
+    convert_fraction: float = 0.0,
+    accept: str | None = None,
     hot_fraction: float = 0.1,
     hot_share: float = 0.9,
     zipf_s: float = 1.2,
@@ -350,16 +370,29 @@ def make_workload(
     slice of the units; ``shared``: one stream over all units, access i made
     by vCPU i % vcpus. With ``remap_fraction`` X > 0 the VMM remaps a centred,
     unit-aligned range of max(1, floor(X * units)) units after the pass, and
-    the same pass runs again. See :func:`access_units` for the patterns.
+    the same pass runs again. With ``convert_fraction`` X > 0 the guest converts such a
+    range to shared and back to private instead (one request each), and the same pass
+    runs again. ``accept`` ("lazy" or "eager", a guest with unaccepted memory: SNP) makes
+    the boot pattern accept memory before touching it: the 2 MiB units its accesses
+    fall in, one request per unit, or the whole guest at once in requests of
+    :data:`PSC_ENTRIES` 2 MiB entries; every page accepted is touched (PVALIDATE).
+    See :func:`access_units` for the patterns.
     """
     n_units = _check_workload(pattern, guest_pages, level, vcpus, layout, remap_fraction)
+    if not 0.0 <= convert_fraction <= 1.0:
+        raise InputError(f"convert_fraction {convert_fraction} must lie between 0 and 1")
+    if accept not in (None, "lazy", "eager"):
+        raise InputError(f"accept {accept!r} is not one of lazy, eager")
     params = dict(touch_fraction=touch_fraction, seed=seed, hot_fraction=hot_fraction,
                   hot_share=hot_share, zipf_s=zipf_s, stride=stride)
     _check_params(pattern=pattern, **params)
     vcpus = int(vcpus)
     dtype = unit_dtype(n_units)
+    accepts: tuple[Convert, ...] = ()
     if pattern == "boot":  # one list of what the booting guest touches, in vCPU chunks
         units = boot_units(guest_pages, unit_pages(level))
+        if accept is not None:
+            units, accepts = _accepted(units, guest_pages, unit_pages(level), accept)
         bounds = np.linspace(0, units.shape[0], vcpus + 1).round().astype(np.int64)
     elif vcpus == 1:
         units = access_units(pattern, n_units, **params)
@@ -384,15 +417,54 @@ def make_workload(
             units[bounds[v]: bounds[v + 1]] = stream[v::vcpus]
         del stream
     phase = Phase(units, bounds)
-    steps: tuple[Phase | Remap, ...] = (phase,)
+    steps: tuple[Phase | Remap | Convert, ...] = (*accepts, phase)
+    upages = unit_pages(level)
     if remap_fraction > 0:
-        upages = unit_pages(level)
         nremap = max(1, int(remap_fraction * n_units))
         first = (n_units - nremap) // 2
-        steps = (phase, Remap(first * upages, nremap * upages), phase)
+        steps = (*steps, Remap(first * upages, nremap * upages), phase)
+    elif convert_fraction > 0:
+        nconv = max(1, int(convert_fraction * n_units))
+        first = (n_units - nconv) // 2
+        steps = (*steps, Convert(first * upages, nconv * upages, "shared"),
+                 Convert(first * upages, nconv * upages, "private"), phase)
     desc = _describe(pattern, vcpus, layout, touch_fraction, remap_fraction, hot_fraction,
                      hot_share, zipf_s, stride)
+    if convert_fraction > 0 and remap_fraction <= 0:
+        desc += f", convert {_pct(convert_fraction)}"
+    if accept is not None:
+        desc += f", {accept} acceptance"
     return Workload(steps, vcpus, desc)
+
+
+def _accepted(units: np.ndarray, guest_pages: int, upages: int,
+              accept: str) -> tuple[np.ndarray, tuple[Convert, ...]]:
+    """What a guest with unaccepted memory touches to use ``units``, and its requests.
+
+    Lazy: every page of each 2 MiB acceptance unit the accesses fall in (the guest
+    PVALIDATEs the whole unit when it first hands out memory from it), one request per
+    contiguous run of units, counted one per unit. Eager: every page, at boot.
+    """
+    per = max(1, ACCEPT_UNIT_PAGES // upages)  # access units per acceptance unit
+    n_units = guest_pages // upages
+    n_accept = -(-n_units // per)
+    if accept == "eager":
+        return (np.arange(n_units, dtype=units.dtype),
+                (Convert(0, guest_pages, "private", -(-n_accept // PSC_ENTRIES)),))
+    chunks = np.unique(units // per)
+    touched = (chunks[:, None] * per + np.arange(per)).ravel()
+    touched = touched[touched < n_units].astype(units.dtype)
+    # Contiguous runs of accepted 2 MiB units: one Convert step each, its requests one
+    # per unit (the guest accepts as it allocates, a unit at a time).
+    breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
+    steps = []
+    for run in np.split(chunks, breaks):
+        if run.size == 0:
+            continue
+        gfn = int(run[0]) * per * upages
+        end = min(guest_pages, (int(run[-1]) + 1) * per * upages)
+        steps.append(Convert(gfn, end - gfn, "private", int(run.size)))
+    return touched, tuple(steps)
 
 
 def boot_units(guest_pages: int, upages: int) -> np.ndarray:
@@ -454,8 +526,8 @@ def workload_bytes(
     _check_params(pattern=pattern, touch_fraction=touch_fraction, seed=seed,
                   hot_fraction=hot_fraction, hot_share=hot_share, zipf_s=zipf_s, stride=stride)
     isz = np.dtype(unit_dtype(n_units)).itemsize
-    if pattern == "boot":  # at most every unit, built at once
-        return 2 * n_units * isz + 8 * (int(vcpus) + 1) + (1 << 12)
+    if pattern == "boot":  # at most every unit, built at once (and, accepting, 2 MiB runs)
+        return n_units * (2 * isz + 16) + 8 * (int(vcpus) + 1) + (1 << 12)
     total = touched_units(n_units, touch_fraction)  # >= the sum over slices
     extra = 8 * (int(vcpus) + 1) + (1 << 12)
     if vcpus == 1:  # the stream is the phase's array

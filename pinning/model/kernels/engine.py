@@ -18,21 +18,26 @@ from pinning.model.jit import inline_kernel, kernel, prefetch
 from pinning.model.names import COUNTERS, TRACE_OPS
 from pinning.model.state import FREE_TOP, NEXT_PFN, PINNED, STALE
 from pinning.model.strategies import (
+    FAULT_GMEM,
     FAULT_MAP,
     FAULT_PIN_PAGES,
     FAULT_PIN_UNIT,
     R_FAULT,
     R_FLUSH,
+    R_IMAGE_PAGES,
     R_MEMLOCK_AT_STARTUP,
     R_MEMSLOT_WBINVD,
     R_METADATA_PER_PAGE,
     R_OLD_PAGE_FLUSH,
+    R_PREFAULT,
     R_PREFETCH,
     R_REMAP_WBINVD,
     R_STARTUP,
     R_TEARDOWN,
     R_TEARDOWN_WBINVD,
+    STARTUP_GMEM,
     STARTUP_PIN_REGION,
+    TEARDOWN_GMEM,
     TEARDOWN_REGION,
 )
 
@@ -52,6 +57,10 @@ PINNED_PAGES_PEAK = COUNTERS.index("pinned_pages_peak")
 PINNED_PAGES_END = COUNTERS.index("pinned_pages_end")
 METADATA_BYTES = COUNTERS.index("metadata_bytes")
 LEAKED_REFS = COUNTERS.index("leaked_refs")
+RMPUPDATES = COUNTERS.index("rmpupdates")
+PSC_EXITS = COUNTERS.index("psc_exits")
+ATTR_PAGES = COUNTERS.index("attr_pages")
+LAUNCH_UPDATE_PAGES = COUNTERS.index("launch_update_pages")
 
 # Operations the engine runs. A trace holds OP_ACCESS and OP_REMAP (names.TRACE_OPS);
 # the others let one operation stand for a whole pattern or a phase.
@@ -61,6 +70,16 @@ OP_ACCESS_RANGE = 2  # access npages[i] units in order, the first holding gfns[i
 OP_ACCESS_UNITS = 3  # access units[gfns[i] : gfns[i] + npages[i]] in order
 OP_STARTUP = 4  # the strategy's startup kernel
 OP_TEARDOWN = 5  # VM destroy
+OP_PSC = 6  # the guest's npages[i] coalesced page-state-change requests: userspace exits
+OP_TO_SHARED = 7  # the VMM converts [gfns[i], gfns[i] + npages[i]) to shared
+OP_TO_PRIVATE = 8  # ... to private
+
+# guest_memfd flags of a gfn (State.gmem_flags).
+GMEM_PRIVATE = np.uint8(1)  # its memory attribute is PRIVATE (else shared)
+GMEM_PREPARED = np.uint8(2)  # its folio is up to date and assigned to the guest in the RMP
+# names.PREFAULTS codes (rules[R_PREFAULT]).
+PREFAULT_FALLOCATE = 1
+PREFAULT_MAP = 2
 
 # Status codes returned by kernels.
 OK = 0
@@ -78,7 +97,7 @@ PREFETCH_DISTANCE = 16
 # every page (5x slower measured).
 (G_NPF, G_PREFETCHED, G_ZEROED, G_HOST_FAULTS, G_PINS, G_UNPINS, G_CLFLUSH, G_PAGE_FLUSHES,
  G_WBINVD, G_STALE_PEAK, G_HAZARDS, G_PINNED_PEAK, G_METADATA, G_PINNED, G_STALE, G_NEXT_PFN,
- G_FREE_TOP) = range(17)
+ G_FREE_TOP, G_RMP) = range(18)
 #: pages in the shadow MMU's prefetch window (PTE_PREFETCH_NUM, arch/x86/kvm/mmu/mmu.c)
 PTE_PREFETCH_NUM = 8
 
@@ -91,14 +110,14 @@ def load_regs(st):
     return (c[NPF_EXITS], c[PREFETCHED_PAGES], c[FRAMES_ZEROED], c[HOST_FAULTS], c[PINS],
             c[UNPINS], c[CLFLUSH_BYTES], c[PAGE_FLUSHES], c[WBINVD], c[STALE_PINS_PEAK],
             c[UNPINNED_MAPPED_HAZARDS], c[PINNED_PAGES_PEAK], c[METADATA_BYTES], s[PINNED],
-            s[STALE], s[NEXT_PFN], s[FREE_TOP])
+            s[STALE], s[NEXT_PFN], s[FREE_TOP], c[RMPUPDATES])
 
 
 @kernel
 def store_regs(st, regs):
     """Write the registers back into the state's counters and scalars."""
     (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
-     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp) = regs
     c = st.counters
     s = st.scal
     c[NPF_EXITS] = npf
@@ -118,6 +137,7 @@ def store_regs(st, regs):
     s[STALE] = stale
     s[NEXT_PFN] = next_pfn
     s[FREE_TOP] = free_top
+    c[RMPUPDATES] = rmp
 
 
 # ---- bits and frames ------------------------------------------------------------------
@@ -188,6 +208,68 @@ def unpin_frame(frame_ref, frame_pin, free_list, pfn, free_top):
     return put_frame(frame_ref, free_list, pfn, free_top)
 
 
+@kernel
+def take_frame(frame_ref, free_list, next_pfn, free_top):
+    """A frame for a new folio, with one reference (last freed first, else new).
+
+    Returns ``(pfn, next_pfn, free_top)``; pfn 0 means no frame was left.
+    """
+    if free_top > 0:
+        free_top -= 1
+        pfn = free_list[free_top]
+    elif next_pfn < frame_ref.shape[0]:
+        pfn = next_pfn
+        next_pfn += 1
+    else:
+        return 0, next_pfn, free_top
+    frame_ref[pfn] = 1
+    return pfn, next_pfn, free_top
+
+
+@kernel
+def gmem_folio(st, gfn, next_pfn, free_top):
+    """``kvm_gmem_get_folio``: the guest_memfd's folio of ``gfn``, allocated if absent
+    (order 0, not zeroed; the page cache holds its reference).
+
+    Returns ``(pfn, allocated, next_pfn, free_top)``; pfn 0 means no frame was left.
+    """
+    pfn = st.gmem[gfn]
+    if pfn != 0:
+        return pfn, 0, next_pfn, free_top
+    pfn, next_pfn, free_top = take_frame(st.frame_ref, st.free_list, next_pfn, free_top)
+    if pfn != 0:
+        st.gmem[gfn] = pfn
+    return pfn, 1 if pfn != 0 else 0, next_pfn, free_top
+
+
+@kernel
+def gmem_prepare(st, gfn):
+    """``kvm_gmem_get_pfn`` after the folio: a folio not yet up to date is zeroed
+    (``clear_highpage``) and made the guest's (``sev_gmem_prepare``: one RMPUPDATE).
+    Returns 1 if it was (one zeroed page, one RMPUPDATE), else 0."""
+    if st.gmem_flags[gfn] & GMEM_PREPARED:
+        return 0
+    st.gmem_flags[gfn] |= GMEM_PREPARED
+    return 1
+
+
+@kernel
+def gmem_free(st, gfn, free_top):
+    """Free ``gfn``'s folio, if any (PUNCH_HOLE, or the file's release): a folio the guest
+    owned goes back to the hypervisor (``sev_gmem_invalidate``: RMPUPDATE + a 4 KiB
+    CLFLUSH). Returns ``(rmpupdates, clflush bytes, free_top)``."""
+    pfn = st.gmem[gfn]
+    if pfn == 0:
+        return 0, 0, free_top
+    owned = st.gmem_flags[gfn] & GMEM_PREPARED
+    st.gmem_flags[gfn] &= ~GMEM_PREPARED
+    st.gmem[gfn] = 0
+    free_top = put_frame(st.frame_ref, st.free_list, pfn, free_top)
+    if owned:
+        return 1, PAGE_SIZE, free_top
+    return 0, 0, free_top
+
+
 # ---- startup ----------------------------------------------------------------------------
 
 
@@ -199,7 +281,7 @@ def startup_pin_region(st, rules, unit_pages, memlock_pages, regs):
     Checked before anything is allocated or populated: a refused VM never runs.
     """
     (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
-     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp) = regs
     guest_pages = st.host_map.shape[0]
     if memlock_pages >= 0 and guest_pages > memlock_pages:
         return ERR_MEMLOCK, regs
@@ -228,7 +310,7 @@ def startup_pin_region(st, rules, unit_pages, memlock_pages, regs):
         clflush += guest_pages * PAGE_SIZE
     return status, (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes,
                     wbinvd, stale_peak, hazards, pinned_peak, metadata, pinned, stale,
-                    next_pfn, free_top)
+                    next_pfn, free_top, rmp)
 
 
 @kernel
@@ -238,14 +320,58 @@ def startup_memslot(st, rules, memlock_pages, regs):
     RFC v2 checks the memory-lock limit here, at region registration; RFC v1 never does.
     """
     (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
-     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp) = regs
     guest_pages = st.host_map.shape[0]
     if rules[R_MEMLOCK_AT_STARTUP] != 0 and memlock_pages >= 0 and guest_pages > memlock_pages:
         return ERR_MEMLOCK, regs
     metadata += rules[R_METADATA_PER_PAGE] * guest_pages
     return OK, (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes,
                 wbinvd, stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn,
-                free_top)
+                free_top, rmp)
+
+
+@kernel
+def startup_gmem(st, rules, unit_pages, regs):
+    """guest_memfd launch: every gfn's attribute set PRIVATE (KVM_SET_MEMORY_ATTRIBUTES,
+    one xarray entry per gfn), the image's pages allocated, filled and made the guest's
+    through SNP_LAUNCH_UPDATE (``kvm_gmem_populate``: one PSP command and one RMPUPDATE
+    each), then the prefault: fallocate allocates every folio (not zeroed), or
+    KVM_PRE_FAULT_MEMORY runs each page's fault without a guest exit. No pin, no
+    memory-lock accounting."""
+    (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp) = regs
+    guest_pages = st.host_map.shape[0]
+    metadata += rules[R_METADATA_PER_PAGE] * guest_pages
+    for gfn in range(guest_pages):
+        st.gmem_flags[gfn] = GMEM_PRIVATE
+    st.counters[ATTR_PAGES] += guest_pages
+    status = OK
+    image = min(rules[R_IMAGE_PAGES], guest_pages)
+    for gfn in range(image):
+        pfn, new, next_pfn, free_top = gmem_folio(st, gfn, next_pfn, free_top)
+        if pfn == 0:
+            status = ERR_NO_FRAME
+            break
+        host_faults += new
+        st.gmem_flags[gfn] |= GMEM_PREPARED  # filled from the image, not zeroed
+        rmp += 1
+    st.counters[LAUNCH_UPDATE_PAGES] += image
+    prefault = rules[R_PREFAULT]
+    if status == OK and prefault != 0:
+        for gfn in range(guest_pages):
+            pfn, new, next_pfn, free_top = gmem_folio(st, gfn, next_pfn, free_top)
+            if pfn == 0:
+                status = ERR_NO_FRAME
+                break
+            host_faults += new
+            if prefault == PREFAULT_MAP:
+                done = gmem_prepare(st, gfn)
+                zeroed += done
+                rmp += done
+                st.nested[gfn // unit_pages] = 1
+    return status, (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes,
+                    wbinvd, stale_peak, hazards, pinned_peak, metadata, pinned, stale,
+                    next_pfn, free_top, rmp)
 
 
 # ---- the nested page fault -------------------------------------------------------------
@@ -309,13 +435,26 @@ def fault(st, rules, unit, unit_pages, regs):
     it at registration, or never (docs/model.md).
     """
     (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
-     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp) = regs
     npf += 1
     first = unit * unit_pages
     end = first + unit_pages
     status = OK
     new = 0
+    kind = rules[R_FAULT]
     for gfn in range(first, end):
+        if kind == FAULT_GMEM and st.gmem_flags[gfn] & GMEM_PRIVATE:
+            # kvm_gmem_get_pfn: the folio (allocated at first use), zeroed and made the
+            # guest's once; the VMM's own mapping is not involved.
+            pfn, allocated, next_pfn, free_top = gmem_folio(st, gfn, next_pfn, free_top)
+            if pfn == 0:
+                status = ERR_NO_FRAME
+                break
+            host_faults += allocated
+            done = gmem_prepare(st, gfn)
+            zeroed += done
+            rmp += done
+            continue
         pfn, next_pfn, free_top, z = populate(st.host_map, st.frame_ref, st.free_list, gfn,
                                               next_pfn, free_top)
         if pfn == 0:
@@ -325,7 +464,6 @@ def fault(st, rules, unit, unit_pages, regs):
     zeroed += new
     if new > 0:
         host_faults += 1
-    kind = rules[R_FAULT]
     if status == OK and kind == FAULT_PIN_PAGES:
         # RFC v1, sev_pin_spte: a reference on each 4 KiB page; a replaced one is put
         # without a flush; then the whole unit is flushed, unconditionally.
@@ -376,10 +514,12 @@ def fault(st, rules, unit, unit_pages, regs):
             if rules[R_FLUSH] != 0:
                 clflush += unit_pages * PAGE_SIZE
         unpins += 1  # kvm_release_pfn_clean: the fault path's own pin
-    elif status == OK:
+    elif status == OK and kind == FAULT_MAP:
         for gfn in range(first, end):
             if st.frame_pin[st.host_map[gfn]] == 0:
                 hazards += 1
+    # guest_memfd: private memory is never pinned and needs no pin; shared memory is
+    # not encrypted, so an unpinned shared page is no hazard.
     if status == OK:
         st.nested[unit] = 1
         if rules[R_PREFETCH] != 0:
@@ -388,7 +528,7 @@ def fault(st, rules, unit, unit_pages, regs):
             hazards += h
     return status, (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes,
                     wbinvd, stale_peak, hazards, pinned_peak, metadata, pinned, stale,
-                    next_pfn, free_top)
+                    next_pfn, free_top, rmp)
 
 
 @inline_kernel
@@ -405,7 +545,10 @@ def prefetch_ahead(st, rules, units, i, end, unit_pages):
         unit = np.int64(units[far])
         prefetch(st.nested, unit)
         prefetch(st.host_map, unit * unit_pages)
-        if rules[R_FAULT] != FAULT_MAP:
+        if rules[R_FAULT] == FAULT_GMEM:
+            prefetch(st.gmem_flags, unit * unit_pages)
+            prefetch(st.gmem, unit * unit_pages)
+        elif rules[R_FAULT] != FAULT_MAP:
             prefetch(st.pfns, unit * unit_pages)
             prefetch(st.pinned_bitmap, (unit * unit_pages) >> 6)
     near = i + PREFETCH_DISTANCE
@@ -422,7 +565,7 @@ def prefetch_ahead(st, rules, units, i, end, unit_pages):
 def remap(st, rules, unit_pages, gfn0, npages, regs):
     """The VMM unmaps and maps again ``[gfn0, gfn0 + npages)``, widened to whole units."""
     (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
-     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp) = regs
     first_unit = gfn0 // unit_pages
     end_unit = (gfn0 + npages + unit_pages - 1) // unit_pages
     for gfn in range(first_unit * unit_pages, end_unit * unit_pages):
@@ -434,13 +577,69 @@ def remap(st, rules, unit_pages, gfn0, npages, regs):
             stale += 1
             stale_peak = max(stale_peak, stale)
         free_top = put_frame(st.frame_ref, st.free_list, pfn, free_top)
+    gmem = rules[R_FAULT] == FAULT_GMEM
     for unit in range(first_unit, end_unit):
+        # An hva-based invalidation zaps shared mappings only (KVM_FILTER_SHARED):
+        # guest_memfd's private memory is not the VMM's mapping.
+        if gmem and not unit_has_shared(st, unit, unit_pages):
+            continue
         st.nested[unit] = 0
     # From 5.18 KVM writes back all caches on every invalidation of an SEV guest's memory
-    # that overlaps a memslot (sev_guest_memory_reclaimed).
+    # that overlaps a memslot (sev_guest_memory_reclaimed; never for an SNP guest).
     wbinvd += rules[R_REMAP_WBINVD]
     return (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
-            stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+            stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp)
+
+
+@kernel
+def unit_has_shared(st, unit, unit_pages):
+    """Whether any page of ``unit`` has the shared attribute (guest_memfd)."""
+    for gfn in range(unit * unit_pages, (unit + 1) * unit_pages):
+        if st.gmem_flags[gfn] & GMEM_PRIVATE == 0:
+            return True
+    return False
+
+
+@kernel
+def convert(st, rules, unit_pages, gfn0, npages, to_private, regs):
+    """The VMM converts ``[gfn0, gfn0 + npages)`` to private or shared after the guest's
+    request (KVM_HC_MAP_GPA_RANGE: the exit itself is OP_PSC).
+
+    Only a guest_memfd strategy's memory changes; under the pinning strategies the
+    encryption is the guest's page-table bit and KVM keeps the memory as it is.
+    guest_memfd, as QEMU's ``kvm_convert_memory`` does it: KVM_SET_MEMORY_ATTRIBUTES
+    (``kvm_vm_set_mem_attributes``: nothing if every gfn has the attribute already; else
+    one store per changed gfn and a zap of the range's mappings), then the discard of the
+    side no longer used: to shared, PUNCH_HOLE on the guest_memfd (each folio freed,
+    ``sev_gmem_invalidate``: RMPUPDATE + 4 KiB CLFLUSH if the guest owned it); to
+    private, the VMM's shared pages dropped (no WBINVD for SNP).
+    """
+    (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp) = regs
+    if rules[R_FAULT] != FAULT_GMEM:
+        return regs
+    changed = 0
+    for gfn in range(gfn0, gfn0 + npages):
+        private = st.gmem_flags[gfn] & GMEM_PRIVATE != 0
+        if private != to_private:
+            changed += 1
+            st.gmem_flags[gfn] ^= GMEM_PRIVATE
+    if changed > 0:
+        st.counters[ATTR_PAGES] += changed
+        for unit in range(gfn0 // unit_pages, (gfn0 + npages + unit_pages - 1) // unit_pages):
+            st.nested[unit] = 0
+    for gfn in range(gfn0, gfn0 + npages):
+        if to_private:
+            pfn = st.host_map[gfn]
+            if pfn != 0:
+                st.host_map[gfn] = 0
+                free_top = put_frame(st.frame_ref, st.free_list, pfn, free_top)
+        else:
+            r, flushed, free_top = gmem_free(st, gfn, free_top)
+            rmp += r
+            clflush += flushed
+    return (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
+            stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp)
 
 
 @kernel
@@ -449,9 +648,17 @@ def teardown(st, rules, unit_pages, regs):
     kernel version), every pin KVM holds is dropped (page array, or bitmap walk after the
     memslot's own flush), all nested mappings go."""
     (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
-     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top) = regs
+     stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp) = regs
     wbinvd += rules[R_TEARDOWN_WBINVD]
-    if rules[R_TEARDOWN] == TEARDOWN_REGION:
+    if rules[R_TEARDOWN] == TEARDOWN_GMEM:
+        # The attribute xarray goes with the VM; the guest_memfd's release frees every
+        # folio (truncate -> kvm_gmem_free_folio -> sev_gmem_invalidate).
+        for gfn in range(st.gmem.shape[0]):
+            r, flushed, free_top = gmem_free(st, gfn, free_top)
+            rmp += r
+            clflush += flushed
+            st.gmem_flags[gfn] = 0
+    elif rules[R_TEARDOWN] == TEARDOWN_REGION:
         region = st.region_pages
         for gfn in range(region.shape[0]):
             pfn = region[gfn]
@@ -484,7 +691,7 @@ def teardown(st, rules, unit_pages, regs):
     for unit in range(st.nested.shape[0]):
         st.nested[unit] = 0
     return (npf, prefetched, zeroed, host_faults, pins, unpins, clflush, page_flushes, wbinvd,
-            stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top)
+            stale_peak, hazards, pinned_peak, metadata, pinned, stale, next_pfn, free_top, rmp)
 
 
 # ---- the engine ---------------------------------------------------------------------
@@ -506,6 +713,8 @@ def run(st, rules, unit_pages, memlock_pages, ops, gfns, npages, units):
         if op == OP_STARTUP:
             if rules[R_STARTUP] == STARTUP_PIN_REGION:
                 status, regs = startup_pin_region(st, rules, unit_pages, memlock_pages, regs)
+            elif rules[R_STARTUP] == STARTUP_GMEM:
+                status, regs = startup_gmem(st, rules, unit_pages, regs)
             else:
                 status, regs = startup_memslot(st, rules, memlock_pages, regs)
             if status != OK:
@@ -514,6 +723,11 @@ def run(st, rules, unit_pages, memlock_pages, ops, gfns, npages, units):
             regs = teardown(st, rules, unit_pages, regs)
         elif op == OP_REMAP:
             regs = remap(st, rules, unit_pages, gfns[i], npages[i], regs)
+        elif op == OP_PSC:
+            st.counters[PSC_EXITS] += npages[i]
+        elif op == OP_TO_SHARED or op == OP_TO_PRIVATE:
+            regs = convert(st, rules, unit_pages, gfns[i], npages[i], op == OP_TO_PRIVATE,
+                           regs)
         else:
             count = 1 if op == OP_ACCESS else npages[i]
             for k in range(count):
@@ -546,6 +760,9 @@ def finish(st):
     mapped = 0
     for gfn in range(st.host_map.shape[0]):
         if st.host_map[gfn] != 0:
+            mapped += 1
+    for gfn in range(st.gmem.shape[0]):  # the guest_memfd's page cache holds its folios
+        if st.gmem[gfn] != 0:
             mapped += 1
     st.counters[LEAKED_REFS] = refs - mapped
     return OK

@@ -8,7 +8,8 @@ engine's, and the counter deltas price it (docs/model.md, "Cost model"):
 
 * no fault: ``guest_touch_ns``, in parallel with every other vCPU;
 * a fault: a part in parallel with the other vCPUs (the exit, the host fault and
-  zeroing, prefetched neighbours, pin work done without a lock), then the sections
+  zeroing, prefetched neighbours, a guest_memfd folio's RMPUPDATE, pin work done without
+  a lock), then the sections
   under locks, each waiting until its lock is free: ``kvm->slots_arch_lock`` for RFC
   v2's pinning, ``mmu_lock`` (write) for every fault under the shadow MMU (with RFC
   v1's pinning inside it). Under the TDP MMU the fault holds ``mmu_lock`` for read and
@@ -51,7 +52,8 @@ P_CLFLUSH_BYTE = 8  # clflush_page_ns / 4096
 P_PREFETCH = 9  # spte_prefetch_ns: one page mapped by the shadow MMU's prefetch
 P_FAULT_CV = 10
 P_LOCK_CV = 11
-N_PRICES = 12
+P_RMPUPDATE = 12  # rmpupdate_ns: a guest_memfd folio made the guest's at its first fault
+N_PRICES = 13
 
 # Indices into ``acc`` (int64), running totals over the whole workload.
 A_FAULTS = 0
@@ -168,6 +170,7 @@ def run_phase(st, rules, unit_pages, units, bounds, prices, rng, clocks, pos,
     page_flush_ns = prices[P_PAGE_FLUSH]
     clflush_byte_ns = prices[P_CLFLUSH_BYTE]
     prefetch_ns = prices[P_PREFETCH]
+    rmpupdate_ns = prices[P_RMPUPDATE]
     fault_cv = prices[P_FAULT_CV]
     lock_cv = prices[P_LOCK_CV]
     pin_lock = rules[R_PIN_LOCK] != 0
@@ -247,7 +250,8 @@ def run_phase(st, rules, unit_pages, units, bounds, prices, rng, clocks, pos,
         parallel = (npf_ns + transient_ns
                     + host_fault_ns * (regs[K.G_HOST_FAULTS] - before[K.G_HOST_FAULTS])
                     + zero_page_ns * (regs[K.G_ZEROED] - before[K.G_ZEROED])
-                    + prefetch_ns * (regs[K.G_PREFETCHED] - before[K.G_PREFETCHED]))
+                    + prefetch_ns * (regs[K.G_PREFETCHED] - before[K.G_PREFETCHED])
+                    + rmpupdate_ns * (regs[K.G_RMP] - before[K.G_RMP]))
         if not (pin_lock or pin_under_mmu):
             parallel += pin_work  # no pinning, or RFC v1's under the TDP MMU's read lock
         pending[v, 0] = t
