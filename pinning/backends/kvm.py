@@ -1,9 +1,14 @@
 """A real KVM guest driven from Python with ioctls (DESIGN §3, method "kvm").
 
-run_vm() creates a VM through /dev/kvm, backs its guest RAM with one anonymous
-mapping (4 KiB pages or THP), optionally pins it upfront the way a VMM can from user
-space (MADV_POPULATE_WRITE, then mlock), runs ring-3 guest code on each vCPU that
-writes one dword into every page of its slice of guest RAM, and times each phase.
+run_vm() creates a VM through /dev/kvm and backs its guest RAM with one anonymous
+mapping (4 KiB pages or THP), optionally pinned upfront the way a VMM can from user
+space (MADV_POPULATE_WRITE, then mlock) -- or, for a guest_memfd strategy, with a
+guest_memfd (KVM_CREATE_GUEST_MEMFD, mmap-able and initially shared, bound with
+KVM_SET_USER_MEMORY_REGION2), optionally preallocated with fallocate. It runs ring-3
+guest code on each vCPU that writes one dword into every page of its slice of guest
+RAM; optionally discards a range of guest RAM (the discard half of a private ->
+shared conversion: PUNCH_HOLE on the guest_memfd, MADV_DONTNEED on anonymous memory)
+and lets the guest touch it again; and times each phase.
 The guest and its system memslot (page tables, GDT, TSS, code, stacks, gfn table)
 are described in pinning/backends/kvm_guest.py; the ioctl definitions are in
 pinning/backends/kvm_uapi.py.
@@ -20,6 +25,7 @@ import ctypes
 import errno
 import functools
 import math
+import mmap
 import operator
 import os
 import platform
@@ -38,7 +44,7 @@ from pinning.backends import libc
 from pinning.backends.hostmem import check_fits
 from pinning.backends.realmem import GuestMemory
 from pinning.model import strategies
-from pinning.model.names import HOST_STATES, MAX_VCPUS, InputError
+from pinning.model.names import HOST_STATES, MAX_VCPUS, PREFAULTS, InputError, choice
 from pinning.model.units import PAGE_SIZE, format_size
 
 #: Host pages behind guest RAM: 4 KiB pages or transparent huge pages.
@@ -106,6 +112,72 @@ def kvm_unavailable() -> str | None:
     return _probe()
 
 
+#: The guest_memfd flags pinbench's guest needs: the VMM maps the fd (the guest's RAM as
+#: the VMM sees it, and the memslot's userspace_addr), and all of it starts shared, so
+#: that a default VM (no private memory attributes) can fault it in.
+GMEM_FLAGS = uapi.GUEST_MEMFD_FLAG_MMAP | uapi.GUEST_MEMFD_FLAG_INIT_SHARED
+
+
+def kvm_capabilities() -> dict[str, int]:
+    """KVM_CHECK_EXTENSION on a fresh default VM of each capability pinbench's guest_memfd
+    guest depends on, by name (a VM's answer can differ from /dev/kvm's)."""
+    kvm_fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        vm_fd = uapi.kvm_ioctl(kvm_fd, uapi.KVM_CREATE_VM, 0)
+    finally:
+        os.close(kvm_fd)
+    try:
+        return {name: uapi.kvm_ioctl(vm_fd, uapi.KVM_CHECK_EXTENSION, cap)
+                for cap, name in uapi.CAP_NAMES.items()}
+    finally:
+        os.close(vm_fd)
+
+
+@functools.cache
+def _gmem_probe(prefault: str) -> str | None:
+    reason = kvm_unavailable()
+    if reason:
+        return reason
+    try:
+        caps = kvm_capabilities()
+    except OSError as e:
+        return f"{KVM_DEVICE}: {e}"
+    for name, why in (("KVM_CAP_USER_MEMORY2", "no KVM_SET_USER_MEMORY_REGION2"),
+                      ("KVM_CAP_GUEST_MEMFD", "no KVM_CREATE_GUEST_MEMFD")):
+        if caps[name] <= 0:
+            return f"{name} is {caps[name]} on this kernel: {why} (Linux >= 6.8 needed)"
+    flags = caps["KVM_CAP_GUEST_MEMFD_FLAGS"]
+    if flags & GMEM_FLAGS != GMEM_FLAGS:
+        return (f"KVM_CAP_GUEST_MEMFD_FLAGS is {flags:#x} on this kernel: a guest_memfd "
+                "cannot be mmap()ed and shared from the start (MMAP|INIT_SHARED = "
+                f"{GMEM_FLAGS:#x}; Linux >= 6.18 needed)")
+    # The only real test: every step of a gmem run, on the smallest guest (a refused
+    # ioctl or fallocate is named with its errno; no capability is taken on trust).
+    try:
+        _run(guest.HUGE_SIZE, strategy="", gmem=True, pin=False, backing="4k", vcpus=1,
+             touch_fraction=1.0, pattern="sequential", seed=0, host="warm", prefault=prefault,
+             punch_fraction=1.0)
+    except libc.CallError as e:
+        line = e.line()
+        cap = caps["KVM_CAP_PRE_FAULT_MEMORY"]
+        if e.what == "KVM_PRE_FAULT_MEMORY" and cap <= 0:
+            line += f": KVM_CAP_PRE_FAULT_MEMORY is {cap} on this kernel"
+        return line
+    except (OSError, RuntimeError) as e:
+        return f"{KVM_DEVICE} cannot run pinbench's guest on guest_memfd memory: {e}"
+    return None
+
+
+def gmem_unavailable(prefault: str = "none") -> str | None:
+    """None when this KVM runs pinbench's guest on guest_memfd memory with ``prefault``
+    (one of names.PREFAULTS), else one line naming what is missing or the exact step this
+    kernel refused and its errno, e.g. ``KVM_PRE_FAULT_MEMORY: EOPNOTSUPP (Operation not
+    supported): KVM_CAP_PRE_FAULT_MEMORY is 0 on this kernel``. Found by running a 2 MiB
+    gmem guest through every step once (cached per ``prefault``)."""
+    choice("prefault", prefault, PREFAULTS)
+    return _gmem_probe(prefault)
+
+
 # --- the VM --------------------------------------------------------------------------------
 
 
@@ -120,13 +192,57 @@ class _Vcpu:
     error: BaseException | None = None
 
 
+class _GmemRam:
+    """Guest RAM from a guest_memfd: the fd (KVM_CREATE_GUEST_MEMFD on the VM, mmap-able,
+    initially shared) and the VMM's MAP_SHARED mapping of it, which is both the memslot's
+    userspace_addr and how the VMM (and the tests) see guest RAM. release() unmaps, then
+    closes the fd; safe to call twice."""
+
+    locked = False  # guest_memfd memory is never the VMM's to mlock
+
+    def __init__(self, vm_fd: int, size: int) -> None:
+        args = uapi.kvm_create_guest_memfd(size=size, flags=GMEM_FLAGS)
+        self.fd = uapi.kvm_ioctl(vm_fd, uapi.KVM_CREATE_GUEST_MEMFD, ctypes.addressof(args))
+        try:
+            self.addr = libc.map_shared(self.fd, size, "mmap of the guest_memfd")
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.size = size
+
+    def preallocate(self) -> None:
+        """Allocate every folio of the file up front (gmem's upfront: no mapping, no pin).
+        Mode 0 is refused by guest_memfd (EOPNOTSUPP): it cannot grow the file."""
+        libc.fallocate(self.fd, libc.FALLOC_FL_KEEP_SIZE, 0, self.size,
+                       "fallocate(FALLOC_FL_KEEP_SIZE) of the guest_memfd")
+
+    def punch(self, offset: int, length: int) -> None:
+        """Free ``[offset, offset + length)``: KVM zaps its mappings of it, the VMM's
+        mapping loses the pages too; the next touch allocates a zeroed folio."""
+        libc.fallocate(self.fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, offset,
+                       length, "fallocate(FALLOC_FL_PUNCH_HOLE) of the guest_memfd")
+
+    def release(self) -> None:
+        if self.addr:
+            libc.munmap(self.addr, self.size)
+            self.addr = 0
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class _Vm:
     """One VM and everything it holds. close() releases it all, in order, exactly once.
 
     Resources are registered on an ExitStack as they are acquired, so a failure at any
-    point releases exactly what exists. Release order (LIFO): stats fds, uapi.kvm_run
-    mmaps, vCPU fds, VM fd (the last reference: KVM destroys the VM here), system
-    memory, guest RAM (munlock if locked, then munmap).
+    point releases exactly what exists. Guest RAM's release is registered first, so it
+    runs last. Release order (LIFO): stats fds, uapi.kvm_run mmaps, vCPU fds, VM fd,
+    system memory, guest RAM -- anonymous: munlock if locked, then munmap; guest_memfd:
+    munmap, then close the fd. The VM fd is the last reference to an anonymous-RAM VM
+    (KVM destroys the VM there). A guest_memfd holds its own reference to the VM
+    (kvm_gmem_create takes one with kvm_get_kvm), so closing the VM fd first is safe:
+    KVM destroys a gmem VM when the guest_memfd's last reference goes, i.e. once the
+    mapping is gone and the fd closed.
     """
 
     def __init__(self) -> None:
@@ -134,23 +250,29 @@ class _Vm:
         self.vm_fd = -1
         self.vcpus: list[_Vcpu] = []
         self.threads: list[threading.Thread] = []
-        self.mem: GuestMemory | None = None  # guest RAM
+        self.mem: GuestMemory | _GmemRam | None = None  # guest RAM
         self.ram = 0
         self.ram_size = 0
         self.sys = 0
         self.vm_stats: _Stats | None = None
         self.vcpu_stats: _Stats | None = None  # descriptors of vCPU 0, valid for all
+        self._stack.callback(self._release_ram)
 
     # resources -----------------------------------------------------------------------
     def map_ram(self, size: int, backing: str) -> None:
+        """Anonymous guest RAM (before the VM exists: it does not need it)."""
         # 2 MiB-aligned, so that a 2 MiB range of the mapping is one of guest-physical
         # memory (THP, and KVM's 2 MiB shadow pages); munlock + munmap on release.
         self.mem = GuestMemory(size, "2m" if backing == "thp" else "4k")
-        self._stack.callback(self._release_ram)
+        self.ram, self.ram_size = self.mem.addr, size
+
+    def _map_gmem(self, size: int) -> None:
+        self.mem = _GmemRam(self.vm_fd, size)
         self.ram, self.ram_size = self.mem.addr, size
 
     def _release_ram(self) -> None:
-        self.mem.release()
+        if self.mem is not None:
+            self.mem.release()
         self.ram = 0
 
     def map_system(self, layout: guest.SystemLayout, table: np.ndarray | None) -> None:
@@ -163,8 +285,10 @@ class _Vm:
         # Populated in full: system memory is the VMM's, not guest RAM being measured.
         sysmem.populate()
 
-    def create(self, layout: guest.SystemLayout, regs: list[dict[str, int]]) -> None:
-        """KVM_CREATE_VM, both memslots, and one set-up vCPU per entry of ``regs``."""
+    def create(self, layout: guest.SystemLayout, regs: list[dict[str, int]], *,
+               gmem: bool = False) -> None:
+        """KVM_CREATE_VM, (``gmem``: guest RAM from a new guest_memfd), both memslots, and
+        one set-up vCPU per entry of ``regs``."""
         mmap_size, cpuid = _system_info()
         kvm_fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -172,11 +296,21 @@ class _Vm:
         finally:
             os.close(kvm_fd)  # the VM fd does not need it
         self._stack.callback(os.close, self.vm_fd)
-        for slot, (gpa, size, addr) in enumerate(
-            ((0, self.ram_size, self.ram), (layout.gpa, layout.size, self.sys))
-        ):
-            region = uapi.kvm_userspace_memory_region(slot, 0, gpa, size, addr)
+        if gmem:
+            self._map_gmem(layout.ram_size)
+            region2 = uapi.kvm_userspace_memory_region2(
+                slot=0, flags=uapi.KVM_MEM_GUEST_MEMFD, guest_phys_addr=0,
+                memory_size=self.ram_size, userspace_addr=self.ram, guest_memfd_offset=0,
+                guest_memfd=self.mem.fd)
+            uapi.kvm_ioctl(self.vm_fd, uapi.KVM_SET_USER_MEMORY_REGION2,
+                           ctypes.addressof(region2))
+        else:
+            region = uapi.kvm_userspace_memory_region(0, 0, 0, self.ram_size, self.ram)
             uapi.kvm_ioctl(self.vm_fd, uapi.KVM_SET_USER_MEMORY_REGION, ctypes.addressof(region))
+        # The system memslot is the VMM's own anonymous memory in either case (a default
+        # VM mixes both kinds of memslot).
+        region = uapi.kvm_userspace_memory_region(1, 0, layout.gpa, layout.size, self.sys)
+        uapi.kvm_ioctl(self.vm_fd, uapi.KVM_SET_USER_MEMORY_REGION, ctypes.addressof(region))
         cpuid_buf = ctypes.create_string_buffer(cpuid, len(cpuid))
         for index, values in enumerate(regs):
             fd = uapi.kvm_ioctl(self.vm_fd, uapi.KVM_CREATE_VCPU, index)
@@ -188,10 +322,15 @@ class _Vm:
             # CPUID first: KVM checks CR4/EFER in KVM_SET_SREGS against the guest's CPUID.
             uapi.kvm_ioctl(fd, uapi.KVM_SET_CPUID2, ctypes.addressof(cpuid_buf))
             self._set_sregs(vcpu, layout)
-            r = uapi.kvm_regs(rflags=guest.RFLAGS, rip=layout.code, rsp=layout.stack_top(index))
-            for name, value in values.items():
-                setattr(r, name, value)
-            uapi.kvm_ioctl(fd, uapi.KVM_SET_REGS, ctypes.addressof(r))
+            self.set_regs(vcpu, layout, values)
+
+    @staticmethod
+    def set_regs(vcpu: _Vcpu, layout: guest.SystemLayout, values: dict[str, int]) -> None:
+        r = uapi.kvm_regs(rflags=guest.RFLAGS, rip=layout.code,
+                          rsp=layout.stack_top(vcpu.index))
+        for name, value in values.items():
+            setattr(r, name, value)
+        uapi.kvm_ioctl(vcpu.fd, uapi.KVM_SET_REGS, ctypes.addressof(r))
 
     @staticmethod
     def _set_sregs(vcpu: _Vcpu, layout: guest.SystemLayout) -> None:
@@ -210,6 +349,53 @@ class _Vm:
         s.idt = uapi.kvm_dtable(base=0, limit=0)  # no IDT: a guest exception is a triple fault
         s.cr0, s.cr3, s.cr4, s.efer = guest.CR0, layout.pml4, guest.CR4, guest.EFER
         uapi.kvm_ioctl(vcpu.fd, uapi.KVM_SET_SREGS, ctypes.addressof(s))
+
+    def pre_fault(self) -> None:
+        """KVM_PRE_FAULT_MEMORY of all guest RAM, each vCPU its own share (the ioctl is a
+        vCPU's: it maps through that vCPU's MMU); KVM advances the struct as it goes and
+        may stop early (EAGAIN, or a partial count), so each range is looped over."""
+        n = len(self.vcpus)
+        pages = self.ram_size // PAGE_SIZE
+        for i, vcpu in enumerate(self.vcpus):
+            first, end = i * pages // n, (i + 1) * pages // n
+            r = uapi.kvm_pre_fault_memory(gpa=first * PAGE_SIZE,
+                                          size=(end - first) * PAGE_SIZE)
+            while r.size:
+                left = r.size
+                try:
+                    uapi.kvm_ioctl(vcpu.fd, uapi.KVM_PRE_FAULT_MEMORY, ctypes.addressof(r))
+                except OSError as e:
+                    if e.errno != errno.EAGAIN:
+                        raise
+                    continue
+                if r.size >= left:  # success without progress: never loop forever
+                    raise RuntimeError(f"vCPU {vcpu.index}: KVM_PRE_FAULT_MEMORY made no "
+                                       f"progress at gpa {r.gpa:#x}")
+
+    def discard(self, first: int, count: int) -> None:
+        """Free ``count`` pages of guest RAM from page ``first``: PUNCH_HOLE on a
+        guest_memfd, MADV_DONTNEED on anonymous memory (never called on locked memory:
+        MADV_DONTNEED refuses an mlocked range with EINVAL)."""
+        offset, length = first * PAGE_SIZE, count * PAGE_SIZE
+        if isinstance(self.mem, _GmemRam):
+            self.mem.punch(offset, length)
+        else:
+            libc.check(libc.madvise(self.ram + offset, length, mmap.MADV_DONTNEED),
+                       "MADV_DONTNEED of guest RAM")
+
+    def complete_exits(self) -> None:
+        """Let KVM finish each vCPU's pending `out` before its registers are replaced:
+        KVM completes an I/O exit only on the next KVM_RUN, which with immediate_exit
+        set returns EINTR right after, without running guest code (KVM's API doc)."""
+        for vcpu in self.vcpus:
+            vcpu.run.immediate_exit = 1
+            try:
+                if libc.ioctl(vcpu.fd, uapi.KVM_RUN, 0) < 0:
+                    e = ctypes.get_errno()
+                    if e not in (errno.EINTR, errno.EAGAIN):
+                        raise libc.CallError(e, f"vCPU {vcpu.index}: KVM_RUN")
+            finally:
+                vcpu.run.immediate_exit = 0
 
     def open_stats(self) -> None:
         self.vm_stats = _Stats(uapi.kvm_ioctl(self.vm_fd, uapi.KVM_GET_STATS_FD))
@@ -230,6 +416,11 @@ class _Vm:
         for name, value in self.vm_stats.read(self.vm_stats.fd, cumulative_only=False):
             out["vm." + name] = value
         return out
+
+    def ram_view(self) -> np.ndarray:
+        """Guest RAM as uint32, through the VMM's mapping (valid until close())."""
+        return np.ctypeslib.as_array((ctypes.c_uint32 * (self.ram_size // 4))
+                                     .from_address(self.ram))
 
     def join_threads(self) -> None:
         for t in self.threads:
@@ -357,7 +548,13 @@ def _run_vcpus(vm: _Vm) -> tuple[int, int]:
 
 @dataclass
 class KvmRun:
-    """One run of run_vm: what was run and how long each phase took (ns)."""
+    """One run of run_vm: what was run and how long each phase took (ns).
+
+    Phases, in order: create; populate + lock (a strategy that pins at startup) or
+    prefault (a guest_memfd strategy's fallocate / KVM_PRE_FAULT_MEMORY); the first guest
+    instruction; the guest's touch of its pages; with punch_fraction > 0 the conversion
+    (punch, then re-touch); teardown. A phase that did not run is 0.
+    """
 
     guest_size: int  # bytes of guest RAM (the measured memslot)
     strategy: str  # a registered strategy: it pins upfront if it pins at startup
@@ -366,20 +563,37 @@ class KvmRun:
     pattern: str
     touch_fraction: float
     host: str  # "warm" | "cold" (as given; warming is the caller's job)
-    create_ns: int  # KVM_CREATE_VM .. memslots set, vCPUs created and set up
-    populate_ns: int  # upfront: MADV_POPULATE_WRITE of all guest RAM; demand: 0
-    lock_ns: int  # upfront: mlock of all guest RAM; demand: 0
+    create_ns: int  # KVM_CREATE_VM .. memslots set, vCPUs created and set up (gmem:
+    #                 with KVM_CREATE_GUEST_MEMFD and the mmap of the guest_memfd)
+    populate_ns: int  # upfront: MADV_POPULATE_WRITE of all guest RAM; else 0
+    lock_ns: int  # upfront: mlock of all guest RAM; else 0
     first_insn_ns: int  # vCPUs released into KVM_RUN .. the last one's first `out`
     touch_ns: int  # vCPUs released together .. the last one's `out` to PORT_DONE
     teardown_ns: int  # fds closed (VM destroyed), munlock (upfront), munmap of guest RAM
-    #                   (and of the small system memslot)
+    #                   (and of the small system memslot; gmem: then the guest_memfd closed)
     pages_touched: int  # 4 KiB pages the guest wrote (once each)
     stats: dict[str, int] = field(default_factory=dict)  # KVM binary stats (see run_vm)
     error: str | None = None  # e.g. mlock failed: a result, not an exception
+    gmem: bool = False  # guest RAM is a guest_memfd (the strategy's guest_memfd)
+    prefault: str = "none"  # gmem only: "none" | "fallocate" | "map"
+    prefault_ns: int = 0  # fallocate(KEEP_SIZE) or KVM_PRE_FAULT_MEMORY of all guest RAM
+    punch_fraction: float = 0.0  # the fraction of guest RAM converted (0: no conversion)
+    pages_punched: int = 0  # pages discarded (0 where pinned upfront: see run_vm)
+    punch_ns: int = 0  # PUNCH_HOLE of the guest_memfd / MADV_DONTNEED of the range
+    pages_retouched: int = 0  # pages of the range the guest wrote again
+    retouch_ns: int = 0  # vCPUs released together .. the last one done re-touching
+    #: KVM's vCPU counters over the conversion (punch + re-touch): after minus before
+    convert_stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def startup_ns(self) -> int:
-        return self.create_ns + self.populate_ns + self.lock_ns + self.first_insn_ns
+        return (self.create_ns + self.populate_ns + self.lock_ns + self.prefault_ns
+                + self.first_insn_ns)
+
+    @property
+    def convert_ns(self) -> int:
+        """The conversion: the discard (punch) and the guest using the range again."""
+        return self.punch_ns + self.retouch_ns
 
     @property
     def ns_per_page_touch(self) -> float:
@@ -387,13 +601,28 @@ class KvmRun:
 
     @property
     def setup_ns_per_page(self) -> float:
-        """Upfront pinning work (populate + lock) per 4 KiB page of guest RAM."""
-        return (self.populate_ns + self.lock_ns) / (self.guest_size // PAGE_SIZE)
+        """Work before the guest runs that puts guest RAM in place (populate + lock, or a
+        gmem prefault) per 4 KiB page of guest RAM."""
+        return (self.populate_ns + self.lock_ns + self.prefault_ns) / (
+            self.guest_size // PAGE_SIZE)
+
+    @property
+    def ns_per_page_punch(self) -> float:
+        return self.punch_ns / self.pages_punched if self.pages_punched else math.nan
+
+    @property
+    def ns_per_page_retouch(self) -> float:
+        return self.retouch_ns / self.pages_retouched if self.pages_retouched else math.nan
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(startup_ns=self.startup_ns, ns_per_page_touch=self.ns_per_page_touch,
-                 setup_ns_per_page=self.setup_ns_per_page)
+        d.update(startup_ns=self.startup_ns, convert_ns=self.convert_ns,
+                 ns_per_page_touch=self.ns_per_page_touch,
+                 setup_ns_per_page=self.setup_ns_per_page,
+                 # None (left out of metadata), not NaN, where no conversion ran
+                 ns_per_page_punch=self.ns_per_page_punch if self.pages_punched else None,
+                 ns_per_page_retouch=(self.ns_per_page_retouch if self.pages_retouched
+                                      else None))
         return d
 
 
@@ -408,11 +637,12 @@ def _integer(value: Any) -> int | None:
 
 
 def _validate(guest_size: int, strategy: str, backing: str, vcpus: int, touch_fraction: float,
-              pattern: str, host: str) -> None:
-    strategies.get(strategy)
+              pattern: str, host: str, prefault: str, punch_fraction: float) -> None:
+    s = strategies.get(strategy)
     for what, value, allowed in (("backing", backing, HOST_PAGES),
                                  ("pattern", pattern, GUEST_PATTERNS),
-                                 ("host", host, HOST_STATES)):
+                                 ("host", host, HOST_STATES),
+                                 ("prefault", prefault, PREFAULTS)):
         if value not in allowed:
             raise InputError(f"unknown {what} {value!r} (expected one of {', '.join(allowed)})")
     if _integer(guest_size) is None or guest_size <= 0 or guest_size % guest.HUGE_SIZE:
@@ -421,32 +651,99 @@ def _validate(guest_size: int, strategy: str, backing: str, vcpus: int, touch_fr
         raise InputError(f"vcpus {vcpus!r} must be between 1 and {MAX_VCPUS}")
     if not 0 < touch_fraction <= 1:
         raise InputError(f"touch_fraction {touch_fraction!r} must be in (0, 1]")
+    if (isinstance(punch_fraction, bool) or not isinstance(punch_fraction, int | float)
+            or not 0 <= punch_fraction <= 1):
+        raise InputError(f"punch_fraction {punch_fraction!r} must be in [0, 1]")
+    if s.guest_memfd and backing != "4k":
+        raise InputError(f"strategy {strategy!r} takes guest RAM from a guest_memfd, whose "
+                         f"folios are 4 KiB: backing {backing!r} does not apply")
+    if not s.guest_memfd and prefault != "none":
+        raise InputError(f"prefault {prefault!r} applies to guest_memfd strategies only, "
+                         f"not to {strategy!r}")
     check_fits(guest_size, f"a guest of {format_size(guest_size)}")
+
+
+def punch_range(pages: int, fraction: float) -> tuple[int, int]:
+    """(first page, page count) of the range a conversion of ``fraction`` of ``pages``
+    discards: round(fraction * pages) pages (at least 1 if fraction > 0, none if 0),
+    centred, its start rounded down to a 2 MiB boundary (whole huge folios and KVM's
+    2 MiB mappings where the length allows)."""
+    if fraction <= 0:
+        return 0, 0
+    count = min(pages, max(1, round(fraction * pages)))
+    huge = guest.HUGE_SIZE // PAGE_SIZE
+    return (pages - count) // 2 // huge * huge, count
 
 
 def run_vm(guest_size: int, *, strategy: str = "demand", backing: str = "4k", vcpus: int = 1,
            touch_fraction: float = 1.0, pattern: str = "sequential", seed: int = 0,
-           host: str = "warm",
-           _inspect: Callable[[np.ndarray, np.ndarray], None] | None = None) -> KvmRun:
-    """Create a VM, (upfront: populate+mlock all guest RAM), run the guest touching its
-    memory, tear down; time each phase.
+           host: str = "warm", prefault: str = "none", punch_fraction: float = 0.0,
+           _inspect: Callable[[np.ndarray, np.ndarray], None] | None = None,
+           _inspect_punch: Callable[[np.ndarray, int, int], None] | None = None) -> KvmRun:
+    """Create a VM, put its guest RAM in place, run the guest touching its memory,
+    optionally convert part of it, tear down; time each phase (KvmRun).
+
+    Guest RAM: anonymous memory, or for a guest_memfd strategy
+    (``strategies.get(strategy).guest_memfd``) a guest_memfd created on the VM
+    (KVM_CREATE_GUEST_MEMFD, MMAP | INIT_SHARED), mmap()ed MAP_SHARED and bound to the
+    memslot with KVM_SET_USER_MEMORY_REGION2 (KVM_MEM_GUEST_MEMFD); the system memslot
+    stays anonymous. Before the guest runs, a strategy that pins at startup populates and
+    mlocks anonymous RAM (the way a VMM can pin from user space); a guest_memfd guest
+    with ``prefault`` "fallocate" preallocates all of it (fallocate FALLOC_FL_KEEP_SIZE;
+    mode 0 is EOPNOTSUPP on a guest_memfd), with "map" each vCPU maps its share with
+    KVM_PRE_FAULT_MEMORY. Anything else starts empty and is faulted in by the touch.
 
     The guest writes one dword (~gfn) to round(touch_fraction * pages) pages (at least
     1): the first ones in order (sequential) or a random subset in random order
     (random, seeded by ``seed``). vCPU i touches the i-th contiguous slice of that
-    page list. ``stats`` holds this KVM's cumulative vCPU counters summed over vCPUs,
-    under KVM's names, and the VM's counters/gauges as ``vm.<name>``.
+    page list.
 
-    ``_inspect`` (tests): called as _inspect(ram, gfns) after the guest ran and before
-    teardown; ``ram`` is guest RAM as uint32 (valid only during the call), ``gfns``
-    the touched gfns in touch order.
+    With ``punch_fraction`` > 0 a conversion follows (the discard half of private ->
+    shared, then shared -> private and the guest's first touch again): the range
+    :func:`punch_range` gives is discarded -- PUNCH_HOLE | KEEP_SIZE on a guest_memfd,
+    MADV_DONTNEED on anonymous memory -- and timed (punch_ns); then the vCPUs, their
+    slices of that range split as for the touch, write every page of it again, in order
+    (retouch_ns), whichever pages the touch had written. Memory pinned upfront is not
+    discarded (pages_punched 0; only the re-touch runs): a VMM cannot discard memory
+    that is pinned for the guest -- QEMU disables RAM discard for SEV/SEV-ES
+    (ram_block_discard_disable), and MADV_DONTNEED of an mlocked range fails with
+    EINVAL -- so there the conversion keeps the pages and the guest touches present
+    memory. Without pins, "demand" is anonymous memory discarded and faulted back.
+
+    ``stats`` holds this KVM's cumulative vCPU counters summed over vCPUs, under KVM's
+    names, and the VM's counters/gauges as ``vm.<name>``, at the end; ``convert_stats``
+    the vCPU counters' growth over the conversion.
+
+    A configuration this host cannot run is an InputError with one line (see
+    :func:`kvm_unavailable`, :func:`gmem_unavailable`).
+
+    ``_inspect`` (tests): called as _inspect(ram, gfns) after the guest ran (and after
+    the re-touch) and before teardown; ``ram`` is guest RAM as uint32 through the VMM's
+    mapping (valid only during the call), ``gfns`` the touched gfns in touch order.
+    ``_inspect_punch`` (tests): called as _inspect_punch(ram, first, count) right after
+    the discard, before the re-touch. Reading a discarded guest_memfd page through the
+    mapping allocates it (zeroed), so the re-touch after an inspection is not timed
+    as it would be.
     """
-    _validate(guest_size, strategy, backing, vcpus, touch_fraction, pattern, host)
-    reason = kvm_unavailable()
+    _validate(guest_size, strategy, backing, vcpus, touch_fraction, pattern, host, prefault,
+              punch_fraction)
+    gmem = strategies.get(strategy).guest_memfd
+    reason = gmem_unavailable(prefault) if gmem else kvm_unavailable()
     if reason:
         raise InputError(reason)
+    return _run(int(guest_size), strategy=strategy, gmem=gmem,
+                pin=not gmem and strategies.get(strategy).pins_at_startup(), backing=backing,
+                vcpus=int(vcpus), touch_fraction=float(touch_fraction), pattern=pattern,
+                seed=seed, host=host, prefault=prefault, punch_fraction=float(punch_fraction),
+                _inspect=_inspect, _inspect_punch=_inspect_punch)
 
-    guest_size, vcpus = int(guest_size), int(vcpus)
+
+def _run(guest_size: int, *, strategy: str, gmem: bool, pin: bool, backing: str, vcpus: int,
+         touch_fraction: float, pattern: str, seed: int, host: str, prefault: str,
+         punch_fraction: float,
+         _inspect: Callable[[np.ndarray, np.ndarray], None] | None = None,
+         _inspect_punch: Callable[[np.ndarray, int, int], None] | None = None) -> KvmRun:
+    """run_vm's work, on checked input (also the guest_memfd probe's, on a 2 MiB guest)."""
     npages = guest_size // PAGE_SIZE
     n = min(npages, max(1, round(touch_fraction * npages)))
     bounds = [i * n // vcpus for i in range(vcpus + 1)]  # vCPU i: list[bounds[i]:bounds[i+1]]
@@ -459,22 +756,25 @@ def run_vm(guest_size: int, *, strategy: str = "demand", backing: str = "4k", vc
         first, count = bounds[i], bounds[i + 1] - bounds[i]
         rdi = first * PAGE_SIZE if table is None else layout.table + 4 * first
         regs.append({"rip": layout.code + guest.ENTRY[pattern], "rdi": rdi, "rcx": count})
+    punch_first, punch_count = punch_range(npages, punch_fraction)
 
-    populate_ns = lock_ns = first_insn_ns = touch_ns = 0
-    pages_touched = 0
+    populate_ns = lock_ns = prefault_ns = first_insn_ns = touch_ns = 0
+    punch_ns = retouch_ns = pages_touched = pages_punched = pages_retouched = 0
+    convert_stats: dict[str, int] = {}
     error = None
     vm = _Vm()
     try:
-        vm.map_ram(guest_size, backing)
+        if not gmem:  # a guest_memfd needs the VM: created with it, and timed with it
+            vm.map_ram(guest_size, backing)
         vm.map_system(layout, table)
         t0 = time.perf_counter_ns()
-        vm.create(layout, regs)
+        vm.create(layout, regs, gmem=gmem)
         create_ns = time.perf_counter_ns() - t0
         vm.open_stats()
 
         # A VMM can pin from user space only all at once, before the guest runs
         # (populate + mlock): the strategies that pin at startup do.
-        if "startup" in strategies.get(strategy).pinning_phases:
+        if pin:
             t0 = time.perf_counter_ns()
             try:
                 vm.mem.populate()
@@ -494,15 +794,41 @@ def run_vm(guest_size: int, *, strategy: str = "demand", backing: str = "4k", vc
                 else:
                     vm.mem.locked = True  # munlock on release
                 lock_ns = time.perf_counter_ns() - t1
+        if gmem and prefault != "none":  # gmem's "upfront": nothing is pinned or locked
+            t0 = time.perf_counter_ns()
+            if prefault == "fallocate":
+                vm.mem.preallocate()
+            else:
+                vm.pre_fault()
+            prefault_ns = time.perf_counter_ns() - t0
 
         if error is None:  # as upstream: if pinning fails, the VM never runs
             first_insn_ns, touch_ns = _run_vcpus(vm)
             pages_touched = n
+            if punch_count:
+                before = vm.read_stats()
+                t0 = time.perf_counter_ns()
+                if not pin:  # pinned memory is not discarded (see run_vm)
+                    vm.discard(punch_first, punch_count)
+                    pages_punched = punch_count
+                punch_ns = time.perf_counter_ns() - t0
+                if _inspect_punch is not None:
+                    _inspect_punch(vm.ram_view(), punch_first, punch_count)
+                vm.complete_exits()
+                for i, vcpu in enumerate(vm.vcpus):
+                    lo = punch_first + i * punch_count // vcpus
+                    hi = punch_first + (i + 1) * punch_count // vcpus
+                    vm.set_regs(vcpu, layout, {"rip": layout.code + guest.ENTRY["sequential"],
+                                               "rdi": lo * PAGE_SIZE, "rcx": hi - lo})
+                _, retouch_ns = _run_vcpus(vm)
+                pages_retouched = punch_count
+                after = vm.read_stats()
+                convert_stats = {k: v - before.get(k, 0) for k, v in after.items()
+                                 if not k.startswith("vm.")}
         stats = vm.read_stats()
         if _inspect is not None:
-            ram = np.ctypeslib.as_array((ctypes.c_uint32 * (guest_size // 4)).from_address(vm.ram))
             touched = table if table is not None else np.arange(n, dtype=np.uint32)
-            _inspect(ram, touched[:pages_touched])
+            _inspect(vm.ram_view(), touched[:pages_touched])
         t0 = time.perf_counter_ns()
         vm.close()
         teardown_ns = time.perf_counter_ns() - t0
@@ -510,7 +836,9 @@ def run_vm(guest_size: int, *, strategy: str = "demand", backing: str = "4k", vc
         vm.close()
     return KvmRun(guest_size, strategy, backing, vcpus, pattern, float(touch_fraction), host,
                   create_ns, populate_ns, lock_ns, first_insn_ns, touch_ns, teardown_ns,
-                  pages_touched, stats, error)
+                  pages_touched, stats, error, gmem, prefault, prefault_ns,
+                  float(punch_fraction), pages_punched, punch_ns, pages_retouched, retouch_ns,
+                  convert_stats)
 
 
 def _mlock(addr: int, size: int) -> int:

@@ -50,6 +50,33 @@ class kvm_userspace_memory_region(ctypes.Structure):
     ]
 
 
+class kvm_userspace_memory_region2(ctypes.Structure):
+    """KVM_SET_USER_MEMORY_REGION2's argument: a memslot that may take its memory from a
+    guest_memfd (flag KVM_MEM_GUEST_MEMFD)."""
+
+    _fields_ = [
+        ("slot", u32),
+        ("flags", u32),
+        ("guest_phys_addr", u64),
+        ("memory_size", u64),
+        ("userspace_addr", u64),
+        ("guest_memfd_offset", u64),  # where the memslot starts in the guest_memfd
+        ("guest_memfd", u32),  # the fd (KVM_MEM_GUEST_MEMFD)
+        ("pad1", u32),
+        ("pad2", u64 * 14),
+    ]
+
+
+class kvm_create_guest_memfd(ctypes.Structure):
+    _fields_ = [("size", u64), ("flags", u64), ("reserved", u64 * 6)]
+
+
+class kvm_pre_fault_memory(ctypes.Structure):
+    """KVM_PRE_FAULT_MEMORY's argument; KVM advances gpa and shrinks size as it goes."""
+
+    _fields_ = [("gpa", u64), ("size", u64), ("flags", u64), ("padding", u64 * 5)]
+
+
 class kvm_regs(ctypes.Structure):
     _fields_ = [(name, u64) for name in (
         "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
@@ -141,7 +168,9 @@ class kvm_stats_desc(ctypes.Structure):
 
 
 # Layouts as in the uapi headers (x86-64); a mistake here would corrupt ioctl arguments.
-for _struct, _size in ((kvm_userspace_memory_region, 32), (kvm_regs, 144), (kvm_segment, 24),
+for _struct, _size in ((kvm_userspace_memory_region, 32), (kvm_userspace_memory_region2, 160),
+                       (kvm_create_guest_memfd, 64), (kvm_pre_fault_memory, 64),
+                       (kvm_regs, 144), (kvm_segment, 24),
                        (kvm_dtable, 16), (kvm_sregs, 312), (kvm_cpuid_entry2, 40),
                        (kvm_cpuid2, 8), (kvm_stats_header, 24), (kvm_stats_desc, 16)):
     assert ctypes.sizeof(_struct) == _size, _struct.__name__
@@ -163,13 +192,32 @@ KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
 KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2)
 KVM_GET_STATS_FD = _IO(KVMIO, 0xCE)
+# guest_memfd (Linux 6.8+; mmap-able and initially shared since 6.18), same header:
+KVM_SET_USER_MEMORY_REGION2 = _IOW(KVMIO, 0x49, kvm_userspace_memory_region2)  # a VM ioctl
+KVM_CREATE_GUEST_MEMFD = _IOWR(KVMIO, 0xD4, kvm_create_guest_memfd)  # a VM ioctl: a new fd
+KVM_PRE_FAULT_MEMORY = _IOWR(KVMIO, 0xD5, kvm_pre_fault_memory)  # a vCPU ioctl
+KVM_MEM_GUEST_MEMFD = 1 << 2  # kvm_userspace_memory_region2.flags
+GUEST_MEMFD_FLAG_MMAP = 1 << 0  # kvm_create_guest_memfd.flags: the fd can be mmap()ed
+GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1  # ... and its memory starts shared (faultable by mmap)
+
+# Capabilities (KVM_CHECK_EXTENSION), include/uapi/linux/kvm.h
 KVM_CAP_BINARY_STATS_FD = 203
+KVM_CAP_USER_MEMORY2 = 231
+KVM_CAP_MEMORY_ATTRIBUTES = 233
+KVM_CAP_GUEST_MEMFD = 234
+KVM_CAP_PRE_FAULT_MEMORY = 236
+KVM_CAP_GUEST_MEMFD_FLAGS = 244  # returns the GUEST_MEMFD_FLAG_* this VM accepts
 
 IOCTL_NAMES = {globals()[name]: name for name in (
     "KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE",
     "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION", "KVM_RUN",
     "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_SET_CPUID2",
-    "KVM_GET_STATS_FD",
+    "KVM_GET_STATS_FD", "KVM_SET_USER_MEMORY_REGION2", "KVM_CREATE_GUEST_MEMFD",
+    "KVM_PRE_FAULT_MEMORY",
+)}
+CAP_NAMES = {globals()[name]: name for name in (
+    "KVM_CAP_BINARY_STATS_FD", "KVM_CAP_USER_MEMORY2", "KVM_CAP_MEMORY_ATTRIBUTES",
+    "KVM_CAP_GUEST_MEMFD", "KVM_CAP_PRE_FAULT_MEMORY", "KVM_CAP_GUEST_MEMFD_FLAGS",
 )}
 
 KVM_EXIT_IO = 2

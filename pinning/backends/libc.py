@@ -1,4 +1,5 @@
-"""The one place pinbench calls the C library through ctypes: madvise, mlock, mmap, ioctl.
+"""The one place pinbench calls the C library through ctypes: madvise, mlock, mmap, ioctl,
+fallocate.
 
 Every function keeps errno per thread (``use_errno``) and the helpers raise OSError
 naming what failed, so callers never read errno themselves.
@@ -34,12 +35,34 @@ MAP_FAILED = ctypes.c_void_p(-1).value
 ioctl = _libc.ioctl
 ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 ioctl.restype = ctypes.c_int
+_fallocate = _libc.fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)  # off_t: 64-bit
+_fallocate.restype = ctypes.c_int
+
+# fallocate(2) modes (include/uapi/linux/falloc.h)
+FALLOC_FL_KEEP_SIZE = 0x01  # allocate without changing the file's size
+FALLOC_FL_PUNCH_HOLE = 0x02  # free the range (must be or-ed with FALLOC_FL_KEEP_SIZE)
 
 
-def errno_error(what: str) -> OSError:
+class CallError(OSError):
+    """An OSError from a C library call or ioctl that also names the call (``what``), so
+    that a caller can say which step failed and with which errno in one line."""
+
+    def __init__(self, err: int, what: str) -> None:
+        super().__init__(err, f"{what}: {os.strerror(err)}")
+        self.what = what
+
+    def line(self) -> str:
+        """``what: ERRNO (strerror)``, e.g. ``KVM_RUN: EINTR (Interrupted system call)``."""
+        # Linux has one value for ENOTSUP and EOPNOTSUPP; the kernel returns it as EOPNOTSUPP
+        name = ("EOPNOTSUPP" if self.errno == errno.EOPNOTSUPP
+                else errno.errorcode.get(self.errno, str(self.errno)))
+        return f"{self.what}: {name} ({os.strerror(self.errno)})"
+
+
+def errno_error(what: str) -> CallError:
     """An OSError of the calling thread's errno, its message ``what: strerror``."""
-    err = ctypes.get_errno()
-    return OSError(err, f"{what}: {os.strerror(err)}")
+    return CallError(ctypes.get_errno(), what)
 
 
 def check(rc: int, what: str) -> int:
@@ -63,11 +86,19 @@ def map_shared(fd: int, size: int, what: str) -> int:
 
 
 def ioctl_retry(fd: int, request: int, arg: int, name: str) -> int:
-    """ioctl(fd, request, arg), retried on EINTR; OSError names the ioctl."""
+    """ioctl(fd, request, arg), retried on EINTR; OSError (CallError) names the ioctl."""
     while True:
         ret = ioctl(fd, request, arg)
         if ret >= 0:
             return ret
         e = ctypes.get_errno()
         if e != errno.EINTR:
-            raise OSError(e, f"{name}: {os.strerror(e)}")
+            raise CallError(e, name)
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int, what: str) -> None:
+    """fallocate(2) of ``[offset, offset + length)`` of ``fd``, retried on EINTR (os has
+    only posix_fallocate, i.e. mode 0); CallError naming ``what`` otherwise."""
+    while _fallocate(fd, mode, offset, length) != 0:
+        if ctypes.get_errno() != errno.EINTR:
+            raise errno_error(what)

@@ -15,9 +15,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pinning.backends.hostmem import check_fits, warm_host
-from pinning.model.config import BenchConfig
+from pinning.model import strategies
+from pinning.model.config import BenchConfig, default
 from pinning.model.costs import CostProfile
-from pinning.model.names import BACKINGS, InputError
+from pinning.model.names import BACKINGS, PHASES, RUN_PHASES, InputError
 from pinning.model.state import config_bytes
 from pinning.model.units import format_size
 
@@ -43,8 +44,10 @@ class Backing:
     def validate(self, config: BenchConfig) -> None:
         """Refuse a configuration this backing cannot run (one line, InputError)."""
 
-    def unavailable(self) -> str | None:
-        """Why this machine cannot run the backing at all; None when it can."""
+    def unavailable(self, config: BenchConfig | None = None) -> str | None:
+        """Why this machine cannot run the backing at all, or (given ``config``) that
+        configuration on it; None when it can. The harness skips a benchmark with this
+        line (preflight: InputError)."""
         return None
 
     def bytes_needed(self, config: BenchConfig, workload: Workload | None = None) -> int:
@@ -143,12 +146,23 @@ class Real(Backing):
 
 
 class Kvm(Backing):
-    """A real KVM guest through /dev/kvm (DESIGN §3, 3), beside the model's prediction."""
+    """A real KVM guest through /dev/kvm (DESIGN §3, 3), beside the model's prediction.
+
+    A guest_memfd strategy's guest takes its RAM from a guest_memfd (pinning.backends.kvm
+    .run_vm). The VM's phases map onto the lifecycle's: startup = VM creation + populate
+    and mlock (a strategy that pins at startup) or the guest_memfd's prefault + the first
+    guest instruction; access = the guest's first touch; convert (a family that runs
+    that phase) = the discard of convert_fraction of guest RAM + the guest's re-touch of
+    it; teardown = closing every fd and unmapping.
+    """
 
     name = "kvm"
-    measures = ("measured: wall time of a real KVM guest through /dev/kvm: VM creation, "
-                "populate + mlock (upfront), first guest instruction, guest touching its "
-                "memory, teardown (kvm backing)")
+    measures = ("measured: wall time of a real KVM guest through /dev/kvm: VM creation "
+                "(with its guest_memfd for a guest_memfd strategy), populate + mlock "
+                "(upfront) or fallocate (guest_memfd prefault), first guest instruction, "
+                "guest touching its memory, the conversion (discard of a range, PUNCH_HOLE "
+                "or MADV_DONTNEED, and the guest's re-touch of it; convert family), "
+                "teardown (kvm backing)")
 
     def __init__(self) -> None:
         self._predictions: dict[tuple, LifecycleResult] = {}
@@ -162,12 +176,27 @@ class Kvm(Backing):
                              f"with layout slices, not {config.pattern!r}/{config.layout!r}")
         if config.touch_fraction <= 0:
             raise InputError("backing 'kvm' needs touch_fraction > 0")
+        # Its guest is a default VM: no encrypted launch, no memory acceptance. A value
+        # the guest would ignore must not label a benchmark that measures the default.
+        for key in ("image_size", "acceptance"):
+            if getattr(config, key) != default(key):
+                raise InputError(f"backing 'kvm' runs a default VM (no SNP launch image, no "
+                                 f"memory acceptance): {key} applies to the sim and real "
+                                 "backings only")
 
-    def unavailable(self) -> str | None:
-        from pinning.backends.kvm import kvm_unavailable
+    def unavailable(self, config: BenchConfig | None = None) -> str | None:
+        from pinning.backends.kvm import gmem_unavailable, kvm_unavailable
 
         reason = kvm_unavailable()
-        return f"needs /dev/kvm: {reason}" if reason else None
+        if reason:
+            return f"needs /dev/kvm: {reason}"
+        if config is not None and strategies.get(config.strategy).guest_memfd:
+            # found by running every step of a small gmem guest (cached), e.g. prefault
+            # "map" where this KVM refuses KVM_PRE_FAULT_MEMORY
+            reason = gmem_unavailable(config.prefault)
+            if reason:
+                return f"needs guest_memfd on /dev/kvm: {reason}"
+        return None
 
     def bytes_needed(self, config, workload=None):
         return config.guest_size + config_bytes(replace(config, backing="sim", host="warm"),
@@ -191,16 +220,22 @@ class Kvm(Backing):
         if workload is not None:
             raise InputError("backing 'kvm' runs its own guest code, not a trace")
         model = self.predict(config, profile)
+        converts = "convert" in RUN_PHASES[config.workload]
         prepare_host(config)
         vm = kvm.run_vm(config.guest_size, strategy=config.strategy,
                         backing="thp" if config.level == "2m" else "4k", vcpus=config.vcpus,
                         touch_fraction=config.touch_fraction, pattern=config.pattern,
-                        seed=config.seed, host=config.host)
+                        seed=config.seed, host=config.host, prefault=config.prefault,
+                        punch_fraction=config.convert_fraction if converts else 0.0)
+        # The VM runs startup, access and teardown whatever the family; convert only for
+        # a family that runs that phase.
+        ran = {"startup": vm.startup_ns, "access": vm.touch_ns, "teardown": vm.teardown_ns}
+        if converts:
+            ran["convert"] = vm.convert_ns
         return LifecycleResult(
-            config, elapsed_ns={"startup": vm.startup_ns, "access": vm.touch_ns,
-                                "teardown": vm.teardown_ns},
+            config, elapsed_ns={p: ran[p] for p in PHASES if p in ran},
             events=model.events, model_ns=model.model_ns, vcpu=model.vcpu, error=vm.error,
-            ops_done=vm.pages_touched, backing=vm.as_dict())
+            ops_done=vm.pages_touched + vm.pages_retouched, backing=vm.as_dict())
 
 
 #: Every backing, by name (names.BACKINGS, in that order).
@@ -225,7 +260,7 @@ def preflight(config: BenchConfig, workload: Workload | None = None,
     backing = validate(config)
     check_fits(backing.bytes_needed(config, workload),
                what or f"{config.name} ({format_size(config.guest_size)} guest)")
-    reason = backing.unavailable()
+    reason = backing.unavailable(config)
     if reason:
         raise InputError(reason)
     return backing
