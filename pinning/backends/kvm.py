@@ -374,8 +374,9 @@ class _Vm:
 
     def discard(self, first: int, count: int) -> None:
         """Free ``count`` pages of guest RAM from page ``first``: PUNCH_HOLE on a
-        guest_memfd, MADV_DONTNEED on anonymous memory (never called on locked memory:
-        MADV_DONTNEED refuses an mlocked range with EINVAL)."""
+        guest_memfd, MADV_DONTNEED on anonymous memory (run_vm discards guest_memfd
+        memory only; never call it on locked memory: MADV_DONTNEED refuses an mlocked
+        range with EINVAL)."""
         offset, length = first * PAGE_SIZE, count * PAGE_SIZE
         if isinstance(self.mem, _GmemRam):
             self.mem.punch(offset, length)
@@ -700,15 +701,15 @@ def run_vm(guest_size: int, *, strategy: str = "demand", backing: str = "4k", vc
 
     With ``punch_fraction`` > 0 a conversion follows (the discard half of private ->
     shared, then shared -> private and the guest's first touch again): the range
-    :func:`punch_range` gives is discarded -- PUNCH_HOLE | KEEP_SIZE on a guest_memfd,
-    MADV_DONTNEED on anonymous memory -- and timed (punch_ns); then the vCPUs, their
+    :func:`punch_range` gives is discarded from a guest_memfd (PUNCH_HOLE | KEEP_SIZE,
+    as QEMU's kvm_convert_memory does) and timed (punch_ns); then the vCPUs, their
     slices of that range split as for the touch, write every page of it again, in order
-    (retouch_ns), whichever pages the touch had written. Memory pinned upfront is not
-    discarded (pages_punched 0; only the re-touch runs): a VMM cannot discard memory
-    that is pinned for the guest -- QEMU disables RAM discard for SEV/SEV-ES
-    (ram_block_discard_disable), and MADV_DONTNEED of an mlocked range fails with
-    EINVAL -- so there the conversion keeps the pages and the guest touches present
-    memory. Without pins, "demand" is anonymous memory discarded and faulted back.
+    (retouch_ns), whichever pages the touch had written. Anonymous guest RAM (the
+    pinning strategies) is not discarded (pages_punched 0; only the re-touch runs), as
+    in the model: an SEV/SEV-ES guest's conversion is its page-table bit, and QEMU
+    disables RAM discard for SEV/SEV-ES guests (ram_block_discard_disable in
+    sev_kvm_init), whose memory KVM pins (MADV_DONTNEED of an mlocked range would
+    fail with EINVAL anyway).
 
     ``stats`` holds this KVM's cumulative vCPU counters summed over vCPUs, under KVM's
     names, and the VM's counters/gauges as ``vm.<name>``, at the end; ``convert_stats``
@@ -808,7 +809,7 @@ def _run(guest_size: int, *, strategy: str, gmem: bool, pin: bool, backing: str,
             if punch_count:
                 before = vm.read_stats()
                 t0 = time.perf_counter_ns()
-                if not pin:  # pinned memory is not discarded (see run_vm)
+                if gmem:  # only guest_memfd memory is discarded (see run_vm)
                     vm.discard(punch_first, punch_count)
                     pages_punched = punch_count
                 punch_ns = time.perf_counter_ns() - t0
