@@ -24,6 +24,8 @@ SMOKE_ARGS = {
     "lifecycle.py": [*TINY, "--strategy", "demand", "--pattern", "random",
                      "--layout", "shared", "--vcpus", "2"],
     "boot.py": [*TINY, "--strategy", "demand-v2", "--level", "2m"],
+    "convert.py": [*TINY, "--strategy", "gmem", "--convert-fraction", "0.25",
+                   "--prefault", "fallocate", "--image-size", "1MiB"],
     # tests/test_qemu.py runs it end to end where QEMU is installed
     "qemu_peer.py": ["--sizes", "64MiB", "--values", "1", "--loops", "1", "--skip-missing"],
     "populate_vs_qemu.py": ["--sizes", "64MiB", "--repeat", "1"],

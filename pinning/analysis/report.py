@@ -226,6 +226,66 @@ def _remap_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _events(fam: pd.DataFrame, phases: Sequence[str], counter: str) -> pd.Series:
+    """A counter's events summed over ``phases`` (0 where a phase did not run)."""
+    total = pd.Series(0, index=fam.index)
+    for phase in phases:
+        col = f"events_{phase}_{counter}"
+        if col in fam:
+            total = total + fam[col].fillna(0)
+    return total.astype("int64")
+
+
+def _modelled(fam: pd.DataFrame, phase: str) -> pd.Series:
+    col = f"model_{phase}_ns"
+    return fam[col] if col in fam else pd.Series(float("nan"), index=fam.index)
+
+
+def _convert_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The convert family's conversion phase: what converting a range to shared and back,
+    then touching it again, costs each strategy (modelled counts and time)."""
+    fam = df[df["family"] == "convert"]
+    if fam.empty:
+        raise InputError("no convert benchmarks in the results (pinbench run --suite quick)")
+    counters = {"psc_exits": "exits (requests)", "attr_pages": "attributes stored",
+                "rmpupdates": "RMPUPDATEs", "clflush_bytes": "CLFLUSH bytes",
+                "npf_exits": "re-faults", "frames_zeroed": "pages zeroed", "pins": "pins",
+                "wbinvd": "WBINVD"}
+    out = pd.DataFrame({"benchmark": fam["name"]})
+    for counter, heading in counters.items():
+        out[heading] = _events(fam, ["convert"], counter)
+    out["modelled convert"] = (_modelled(fam, "convert") / 1e9).map(seconds)
+    return out.reset_index(drop=True)
+
+
+def boot_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The boot family side by side: per strategy (and, for guest_memfd, acceptance) and
+    guest size, the modelled startup, the boot's own touches and their sum, and the
+    events behind them. Modelled only (the boot family runs on the sim)."""
+    fam = df[df["family"] == "boot"]
+    if fam.empty:
+        raise InputError("no boot benchmarks in the results (pinbench run --suite quick)")
+    phases = ["startup", "access"]
+    gmem = fam["strategy"].map(lambda s: s in strategies.REGISTRY
+                               and strategies.get(s).guest_memfd)
+    accept = fam["acceptance"] if "acceptance" in fam else pd.Series(None, index=fam.index)
+    startup, touches = _modelled(fam, "startup"), _modelled(fam, "access")
+    out = pd.DataFrame({
+        "guest": fam["guest_gib"].map(lambda g: f"{g:g} GiB"), "level": fam["level"],
+        "strategy": fam["strategy"],
+        "acceptance": accept.where(gmem, "-").fillna("lazy"),
+        "modelled startup": (startup / 1e9).map(seconds),
+        "modelled boot touches": (touches / 1e9).map(seconds),
+        "modelled total": ((startup + touches) / 1e9).map(seconds),
+        "faults": _events(fam, phases, "npf_exits"),
+        "exits (acceptance)": _events(fam, phases, "psc_exits"),
+        "pins": _events(fam, phases, "pins"),
+        "RMPUPDATEs": _events(fam, phases, "rmpupdates"),
+        "_size": fam["guest_size"]})
+    return (out.sort_values(["_size", "level", "strategy", "acceptance"], kind="stable")
+            .drop(columns="_size").reset_index(drop=True))
+
+
 def break_even_table(df: pd.DataFrame) -> pd.DataFrame:
     """The report's break-even table: per series and pair of strategies, the touch
     fraction where their lifecycle costs cross, modelled (every backing) and, where
@@ -418,10 +478,20 @@ def write_report(paths: Sequence[Path], outdir: Path,
         b.figure(stem, title, lambda fn=fn: fn(df))
 
     b.h2("Metadata memory")
-    b.p("Pinning metadata per guest size (counted by the model). The RFC as posted "
-        "allocated 8 B/page for its 'bitmap', so 16 B/page in all.")
+    b.p("KVM's per-VM metadata per guest size (counted by the model): upfront's page array "
+        "(8 B/page); the RFC's bitmap and pfn array (as posted it allocated 8 B/page for "
+        "its 'bitmap', so 16 B/page in all); guest_memfd's memory-attribute xarray "
+        "(9 B/page: a 576-byte node per 64 gfns).")
     b.figure("metadata_bytes", "Metadata memory vs guest size",
              lambda: plots.plot_metadata_bytes(df))
+
+    b.h2("Guest boot")
+    b.p("The boot family, **modelled**: startup plus what the guest kernel touches while "
+        "booting (its memory map and a fixed working set). Under guest_memfd the guest "
+        "accepts its memory first -- lazily, the 2 MiB units it uses (one request each, "
+        "every page faulted in), or eagerly, all of it at boot -- so its boot is where its "
+        "faults land; upfront pays at startup, demand in the boot's faults.")
+    b.table(lambda: boot_table(df), "boot")
 
     b.h2("Lifecycle and break-even")
     b.p("The **modelled** lifecycle split into startup, faults and teardown"
@@ -516,6 +586,15 @@ def write_report(paths: Sequence[Path], outdir: Path,
         "pins and unpinned frames mapped into the guest (hazards) under upfront.")
     b.table(lambda: _remap_table(df), "remap")
 
+    b.h2("Conversion (private -> shared -> private)")
+    b.p("The convert family's conversion phase, **modelled**: the guest converts a range "
+        "to shared and back, then touches it again. Under guest_memfd each request exits "
+        "to the VMM, the attributes are stored, the range is punched out of the "
+        "guest_memfd (RMPUPDATE + a 4 KiB CLFLUSH per guest-owned page) and faulted in "
+        "anew; under the pinning strategies the conversion is the guest's page-table bit: "
+        "one exit per request, the memory and its pins stay.")
+    b.table(lambda: _convert_table(df), "conversion")
+
     if "simulator" in kinds:
         b.h2(SIMULATOR_SECTION)
         b.p("Median wall time of each sim benchmark's measured phases (pyperf values): how "
@@ -548,5 +627,5 @@ def main(paths: Sequence[str | Path], outdir: str | Path,
     return 0
 
 
-__all__ = ["break_even_table", "labels", "main", "markdown_table", "scaling_fits",
+__all__ = ["boot_table", "break_even_table", "labels", "main", "markdown_table", "scaling_fits",
            "write_report"]
