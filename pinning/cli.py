@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         "suite's benchmark runs -- and print the event counts and modelled time (events x "
         "cost profile, vCPU model) and the measured wall time of each phase.",
     )
-    add_config_options(sim, skip=("strategy", "pattern", "remap_fraction", "backing"),
+    add_config_options(sim, skip=("strategy", "pattern", "remap_fraction", "convert_fraction",
+                                  "backing"),
                        required=("guest_size",))
     sim.add_argument("--strategy", required=True, metavar="S[,S...]|all",
                      help="one strategy, several side by side (comma-separated), or all: "

@@ -70,11 +70,14 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 def simulation_text(res: dict[str, Any]) -> str:
     """A readable table of one ``pinbench simulate`` result (its JSON object)."""
+    from pinning.model import strategies
     from pinning.model.names import COUNTERS
     from pinning.model.units import PAGE_SIZE
 
     size = format_size(res["guest_pages"] * PAGE_SIZE)
-    lines = [f"{res['strategy']} pinning, {size} guest ({res['guest_pages']:,} pages), "
+    known = strategies.REGISTRY.get(res["strategy"])
+    what = f"{res['strategy']} ({known.label})" if known else res["strategy"]
+    lines = [f"{what}: {size} guest ({res['guest_pages']:,} pages), "
              f"level {res['level']}, {plural(res.get('vcpus', 1), 'vCPU')}"]
     if res["error"]:
         lines.append(f"error: {res['error']}")

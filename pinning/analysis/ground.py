@@ -112,12 +112,15 @@ def published_vs_model(profiles: Sequence[CostProfile], **overrides: object
     return pd.DataFrame(points), pd.DataFrame(slopes)
 
 
-KVM_KEYS = ["strategy", "guest_size", "level", "vcpus", "host"]
-#: (family, lifecycle phase, label) of the kvm backing's two measured quantities.
-_KVM_PHASES = (("startup", "startup", "startup"), ("fault_storm", "access", "touch all"))
+KVM_KEYS = ["strategy", "prefault", "guest_size", "level", "vcpus", "host"]
+#: (family, lifecycle phase, label) of the kvm backing's measured quantities.
+_KVM_PHASES = (("startup", "startup", "startup"), ("fault_storm", "access", "touch all"),
+               ("convert", "convert", "convert"))
 #: Costs of work only an SEV host does: the kvm backing runs a plain guest, which never
-#: flushes caches for encryption (docs/model.md, "Real backings").
-SEV_ONLY_COSTS = ("clflush_page_ns", "page_flush_ns", "wbinvd_ns")
+#: flushes caches for encryption, and has no RMP, no PSP and no private memory
+#: attributes (docs/model.md, "Real backings").
+SEV_ONLY_COSTS = ("clflush_page_ns", "page_flush_ns", "wbinvd_ns", "rmpupdate_ns",
+                  "psc_exit_ns", "psp_command_ns", "attr_store_ns")
 
 
 def executed_profile(profile: CostProfile, strategy: str, level: str) -> CostProfile:
@@ -158,20 +161,36 @@ def _model_s(row: pd.Series, phase: str, profile: CostProfile, pages: int
 
     The kvm guest stores to every 4 KiB page it touches, the model's pattern to one page
     per unit: at 2m, the other 511 stores per unit (``pages`` touched in all, spread
-    over the vCPUs' slices) are added at ``guest_touch_ns`` each, to both."""
-    config = BenchConfig("fault_storm", row["strategy"], int(row["guest_size"]), row["level"],
-                         vcpus=int(row["vcpus"]), pattern=row.get("pattern") or "sequential",
+    over the vCPUs' slices) are added at ``guest_touch_ns`` each, to both. A guest_memfd
+    strategy keeps its prefault; its plain VM has no launch image (the executed run has
+    none)."""
+    gmem = strategies.get(row["strategy"]).guest_memfd
+    config = BenchConfig("convert" if phase == "convert" else "fault_storm", row["strategy"],
+                         int(row["guest_size"]), row["level"], vcpus=int(row["vcpus"]),
+                         pattern=row.get("pattern") or "sequential",
                          touch_fraction=float(row.get("touch_fraction") or 1.0),
-                         mmu=_mmu(row, profile))
+                         mmu=_mmu(row, profile), prefault=_prefault(row),
+                         convert_fraction=float(row.get("convert_fraction") or 0.1))
     executed = executed_profile(profile, config.strategy, config.level)
     sev = float(model_run(config, profile)["model_ns"].get(phase, np.nan)) / 1e9
-    run = model_run(config, executed)
+    run = model_run(replace(config, image_size=0) if gmem else config, executed)
     if phase == "startup":  # a plain guest allocates none of KVM's SEV metadata
         events = {k: v for k, v in run["events"]["startup"].items() if k != "metadata_bytes"}
         return modelled_ns(events, executed) / 1e9, sev
     stores = (pages - pages // unit_pages(config.level)) * profile.costs["guest_touch_ns"]
     extra = stores / config.vcpus / 1e9
     return float(run["model_ns"].get(phase, np.nan)) / 1e9 + extra, sev + extra
+
+
+def _prefault(row: pd.Series) -> str:
+    """The row's prefault (results from before guest_memfd have none: "none")."""
+    value = row.get("prefault")
+    return value if isinstance(value, str) and value else "none"
+
+
+def variant(strategy: str, prefault: str) -> str:
+    """A strategy as the kvm tables name it: with its prefault where it has one."""
+    return strategy if prefault == "none" else f"{strategy} ({prefault})"
 
 
 def _vm_fixed_s(row: pd.Series) -> float:
@@ -211,8 +230,9 @@ def kvm_vs_model(df: pd.DataFrame,
         for _, r in kvm[kvm["family"] == family].iterrows():
             pages = r["guest_size"] // PAGE_SIZE
             fixed = _vm_fixed_s(r) if phase == "startup" else 0.0
-            if phase == "access":
-                touched = r.get("kvm_pages_touched")
+            if phase in ("access", "convert"):
+                key = "kvm_pages_touched" if phase == "access" else "kvm_pages_retouched"
+                touched = r.get(key)
                 pages = int(touched) if pd.notna(touched) and touched else pages
             measured = float(r["median_s"])
             compared = max(measured - fixed, 0.0)
@@ -225,7 +245,8 @@ def kvm_vs_model(df: pd.DataFrame,
             for name, mmu, model, sev in models:
                 nothing = model == 0.0 and phase == "startup"
                 out.append({
-                    "phase": label, **{k: r[k] for k in KVM_KEYS}, "profile": name,
+                    "phase": label, **{k: r.get(k) for k in KVM_KEYS},
+                    "prefault": _prefault(r), "profile": name,
                     "mmu": mmu, "measured_s": measured, "vm_fixed_s": fixed,
                     "compared_s": compared, "modelled_s": model, "modelled_sev_s": sev,
                     "ns_per_page": compared * 1e9 / pages,
@@ -253,6 +274,9 @@ def kvm_ranking(table: pd.DataFrame) -> pd.DataFrame:
     """
     keys = ["profile", "guest_size", "level", "vcpus", "host"]
     rows = []
+    table = table[table["phase"].isin(("startup", "touch all"))]
+    table = table.assign(strategy=[variant(s, p) for s, p in
+                                   zip(table["strategy"], table["prefault"], strict=True)])
     for group, sub in table.groupby(keys, sort=True):
         per = sub.groupby("strategy")[["ns_per_page", "model_ns_per_page"]].sum()
         counts = sub.groupby("strategy")["phase"].nunique()

@@ -520,14 +520,20 @@ def plot_kvm_vs_model(table: pd.DataFrame, profile: str | None = None) -> Figure
         if idle:
             ax.text(0.02, 0.02, f"not drawn: {', '.join(idle)} (nothing modelled)",
                     transform=ax.transAxes, fontsize=7, color="0.4")
-        for (strategy, level, vcpus), g in sub.groupby(["strategy", "level", "vcpus"]):
+        if "prefault" not in sub:  # tables from before guest_memfd
+            sub = sub.assign(prefault="none")
+        sub = sub.assign(prefault=sub["prefault"].fillna("none"))
+        for (strategy, prefault, level, vcpus), g in sub.groupby(
+                ["strategy", "prefault", "level", "vcpus"]):
             g = g.sort_values("guest_size")
             x = g["guest_size"] / 2**30
-            label = f"{strategy} {'THP' if level == '2m' else '4K'} {vcpus} vCPU"
+            name = strategy if prefault == "none" else f"{strategy} ({prefault})"
+            label = f"{name} {'THP' if level == '2m' else '4K'} {vcpus} vCPU"
             # a log axis: a startup with nothing to do (0) has no point
             m, mod = g["ns_per_page"] > 0, g["model_ns_per_page"] > 0
             ax.plot(x[m], g["ns_per_page"][m], marker=markers.get((level, vcpus), "x"),
-                    color=_color(strategy), label=f"{label} (measured)")
+                    ls="-" if prefault == "none" else "-.", color=_color(strategy),
+                    label=f"{label} (measured)")
             ax.plot(x[mod], g["model_ns_per_page"][mod], ls="--", color=_color(strategy),
                     alpha=0.6, marker=markers.get((level, vcpus), "x"), mfc="none")
         ax.set_xscale("log", base=2)

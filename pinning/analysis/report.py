@@ -379,7 +379,7 @@ def _kvm_table(table: pd.DataFrame) -> pd.DataFrame:
         raise InputError("no kvm-backed benchmarks in the results (pinbench run --suite "
                          "ground, on a machine with /dev/kvm)")
     table = table.assign(guest=table["guest_size"].map(lambda b: f"{b / 2**30:g} GiB"))
-    cols = ["phase", "profile", "strategy", "guest", "level", "vcpus", "host", "mmu",
+    cols = ["phase", "profile", "strategy", "prefault", "guest", "level", "vcpus", "host", "mmu",
             "measured_s", "vm_fixed_s", "compared_s", "modelled_s", "modelled_sev_s",
             "ns_per_page", "model_ns_per_page", "rel_error", "kvm_pf_taken", "kvm_exits"]
     return table[cols].round(4)

@@ -224,8 +224,8 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     df = pd.concat([df, pd.DataFrame(missing, index=df.index)], axis=1)
     df = df.fillna({k: v for k, v in fill.items() if v is not None and not (
         isinstance(v, float) and math.isnan(v))})
-    for col in [c for c in df.columns if c.startswith("events_")]:
-        df[col] = df[col].astype("int64")
+    # one astype for all counters: a column at a time fragments the frame into ~100 blocks
+    df = df.astype({c: "int64" for c in df.columns if c.startswith("events_")})
     for key, typ in PARAMS.items():
         if typ is str:
             continue
@@ -241,7 +241,8 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     model = [f"model_{ph}_ns" for ph in phases] + ["model_total_ns", "model_measured_ns"]
     vcpu = sorted(c for c in df.columns if c.startswith("vcpu_"))
     rest = [c for c in df.columns if c not in {*head, *events, *model, *vcpu}]
-    return df[head + events + model + vcpu + rest].reset_index(drop=True)
+    # copy(): one block per dtype, not one per column added (pandas' PerformanceWarning)
+    return df[head + events + model + vcpu + rest].reset_index(drop=True).copy()
 
 
 def _lookup(row_or_metadata: Mapping[str, Any] | pd.Series, phase: str, field: str) -> Any:
