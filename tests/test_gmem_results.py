@@ -157,3 +157,26 @@ def test_kvm_comparison_keeps_gmems_prefault_apart_and_prices_no_snp_work(tmp_pa
     ranking = kvm_ranking(table)
     assert {"gmem_measured_ns_per_page", "gmem (fallocate)_measured_ns_per_page",
             "demand_measured_ns_per_page"} <= set(ranking.columns)
+
+
+@pytest.mark.parametrize(("changes", "needle"), [
+    ({"strategy": "gmem", "backing": "real"}, "backing 'real' has no guest_memfd"),
+    ({"strategy": "demand", "backing": "real", "workload": "convert"},
+     "does not run the convert family"),
+    ({"strategy": "gmem", "memlock_limit": 1 << 30}, "memlock_limit does not apply"),
+    ({"strategy": "gmem", "level": "2m"}, "maps 4k only"),
+    ({"strategy": "upfront", "prefault": "fallocate"}, "prefault applies to guest_memfd"),
+    ({"strategy": "demand", "acceptance": "eager"}, "acceptance applies to guest_memfd"),
+    ({"strategy": "gmem", "image_size": 1000}, "image_size 1000 must be a multiple of 4KiB"),
+])
+def test_what_gmem_cannot_run_is_one_line(changes, needle):
+    from dataclasses import replace
+
+    from pinning.harness.backings import validate
+    from pinning.model.config import BenchConfig
+    from pinning.model.names import InputError
+
+    config = replace(BenchConfig("lifecycle", guest_size=1 << 30), **changes)
+    with pytest.raises(InputError) as err:
+        validate(config)
+    assert needle in str(err.value) and "\n" not in str(err.value)

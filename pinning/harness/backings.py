@@ -132,6 +132,13 @@ class Real(Backing):
 
     def validate(self, config: BenchConfig) -> None:
         _real_levels(config)
+        if strategies.get(config.strategy).guest_memfd:
+            # its guest RAM is an anonymous mapping: a guest_memfd needs a VM to bind to
+            raise InputError(f"backing 'real' has no guest_memfd: strategy "
+                             f"{config.strategy!r} runs on the sim or, for real, on kvm")
+        if config.workload == "convert":
+            raise InputError("backing 'real' does not run the convert family (no guest "
+                             "conversions without a guest): use the sim or kvm")
 
     def bytes_needed(self, config, workload=None):
         return config.guest_size + config_bytes(config, workload)
