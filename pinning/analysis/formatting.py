@@ -117,6 +117,7 @@ def comparison_text(res: dict[str, Any]) -> str:
     """A readable side-by-side of a several-strategy ``pinbench simulate`` (its JSON):
     modelled time per phase, the answer, the break-evens, the sensitivity, the counts
     behind them, and the wall time of the runs kept apart under its own name."""
+    from pinning.model import strategies
     from pinning.model.names import COUNTERS, time_label, wall_kind
     from pinning.model.units import PAGE_SIZE
 
@@ -131,6 +132,10 @@ def comparison_text(res: dict[str, Any]) -> str:
              f"host: kernel {cfg['kernel']}, SME_COHERENT {cfg['sme_coherent']}, MMU "
              f"{cfg['mmu']}; cost profile {res['cost_profile']['name']!r} "
              f"({res['cost_profile']['source']}); backing {cfg['backing']}"]
+    gmem = [n for n in names if n in strategies.REGISTRY and strategies.get(n).guest_memfd]
+    if gmem and "prefault" in cfg:  # results from before guest_memfd have no launch options
+        lines.append(f"{', '.join(gmem)} launch: prefault {cfg['prefault']}, image "
+                     f"{format_size(cfg['image_size'])}, acceptance {cfg['acceptance']}")
 
     def table(title: str, rows: list[tuple[str, list[str]]]) -> None:
         width = max(len(r[0]) for r in rows)
