@@ -161,6 +161,24 @@ def clear_bit(bitmap, nr):
     bitmap[nr >> 6] &= ~(np.uint64(1) << np.uint64(nr & 63))
 
 
+@inline_kernel
+def take_frame(frame_ref, free_list, next_pfn, free_top):
+    """A frame for a new folio, with one reference (last freed first, else new).
+
+    Returns ``(pfn, next_pfn, free_top)``; pfn 0 means no frame was left.
+    """
+    if free_top > 0:
+        free_top -= 1
+        pfn = free_list[free_top]
+    elif next_pfn < frame_ref.shape[0]:
+        pfn = next_pfn
+        next_pfn += 1
+    else:
+        return 0, next_pfn, free_top
+    frame_ref[pfn] = 1
+    return pfn, next_pfn, free_top
+
+
 @kernel
 def populate(host_map, frame_ref, free_list, gfn, next_pfn, free_top):
     """The VMM's frame for ``gfn``, faulting one in if absent (last freed first, else new).
@@ -170,15 +188,9 @@ def populate(host_map, frame_ref, free_list, gfn, next_pfn, free_top):
     pfn = host_map[gfn]
     if pfn != 0:
         return pfn, next_pfn, free_top, 0
-    if free_top > 0:
-        free_top -= 1
-        pfn = free_list[free_top]
-    elif next_pfn < frame_ref.shape[0]:
-        pfn = next_pfn
-        next_pfn += 1
-    else:
+    pfn, next_pfn, free_top = take_frame(frame_ref, free_list, next_pfn, free_top)
+    if pfn == 0:
         return 0, next_pfn, free_top, 0
-    frame_ref[pfn] = 1
     host_map[gfn] = pfn
     return pfn, next_pfn, free_top, 1
 
@@ -206,24 +218,6 @@ def unpin_frame(frame_ref, frame_pin, free_list, pfn, free_top):
     """Drop a pin; free the frame when no reference is left. Returns ``free_top``."""
     frame_pin[pfn] -= 1
     return put_frame(frame_ref, free_list, pfn, free_top)
-
-
-@kernel
-def take_frame(frame_ref, free_list, next_pfn, free_top):
-    """A frame for a new folio, with one reference (last freed first, else new).
-
-    Returns ``(pfn, next_pfn, free_top)``; pfn 0 means no frame was left.
-    """
-    if free_top > 0:
-        free_top -= 1
-        pfn = free_list[free_top]
-    elif next_pfn < frame_ref.shape[0]:
-        pfn = next_pfn
-        next_pfn += 1
-    else:
-        return 0, next_pfn, free_top
-    frame_ref[pfn] = 1
-    return pfn, next_pfn, free_top
 
 
 @kernel
