@@ -207,6 +207,14 @@ def test_kvm_ranking_says_which_strategy_each_ranks_cheaper() -> None:
     assert flipped.measured_cheaper == "demand" and not flipped.agree
     # a strategy with only one phase measured is not ranked
     assert kvm_ranking(table[table.phase == "startup"]).empty
+    # guest_memfd's prefault is a variant of its own, ranked beside the others
+    gmem = pd.DataFrame(rows("gmem", (0, 450), (0, 450)) + rows("gmem", (90, 200), (80, 250)))
+    gmem["prefault"] = ["none", "none", "fallocate", "fallocate"]
+    both = pd.concat([table.assign(prefault="none"), gmem], ignore_index=True)
+    r = kvm_ranking(both).iloc[0]
+    assert r["gmem (fallocate)_measured_ns_per_page"] == 290
+    assert r.gmem_modelled_ns_per_page == 450
+    assert r.measured_cheaper == "gmem (fallocate)" and r.modelled_cheaper == "gmem (fallocate)"
 
 
 def test_report_sets_kvm_and_published_against_the_model(tmp_path) -> None:
@@ -226,9 +234,9 @@ def test_report_sets_kvm_and_published_against_the_model(tmp_path) -> None:
     assert "![Real KVM guest vs model (calibrated profile)](kvm_vs_model.png)" in kvm
     assert "Under the calibrated profile, warm host:" in kvm
     # measured rows of both phases and strategies, each under both profiles, cold labelled
-    for words in ("| touch all | calibrated | demand | 1 GiB | 4k | 1 | warm |",
-                  "| startup | default | upfront | 1 GiB | 2m | 1 | warm |",
-                  "| touch all | calibrated | upfront | 1 GiB | 4k | 1 | cold |"):
+    for words in ("| touch all | calibrated | demand | none | 1 GiB | 4k | 1 | warm |",
+                  "| startup | default | upfront | none | 1 GiB | 2m | 1 | warm |",
+                  "| touch all | calibrated | upfront | none | 1 GiB | 4k | 1 | cold |"):
         assert words in kvm, words
     assert "Not shown" not in kvm
 

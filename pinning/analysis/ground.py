@@ -275,8 +275,9 @@ def kvm_ranking(table: pd.DataFrame) -> pd.DataFrame:
     keys = ["profile", "guest_size", "level", "vcpus", "host"]
     rows = []
     table = table[table["phase"].isin(("startup", "touch all"))]
+    prefault = table["prefault"] if "prefault" in table else ["none"] * len(table)
     table = table.assign(strategy=[variant(s, p) for s, p in
-                                   zip(table["strategy"], table["prefault"], strict=True)])
+                                   zip(table["strategy"], prefault, strict=True)])
     for group, sub in table.groupby(keys, sort=True):
         per = sub.groupby("strategy")[["ns_per_page", "model_ns_per_page"]].sum()
         counts = sub.groupby("strategy")["phase"].nunique()

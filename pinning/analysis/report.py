@@ -491,7 +491,10 @@ def write_report(paths: Sequence[Path], outdir: Path,
         "accepts its memory first -- lazily, the 2 MiB units it uses (one request each, "
         "every page faulted in), or eagerly, all of it at boot -- so its boot is where its "
         "faults land; upfront pays at startup, demand in the boot's faults.")
-    b.table(lambda: boot_table(df), "boot")
+    if (df["family"] == "boot").any():
+        b.table(lambda: boot_table(df), "boot")
+    else:
+        b.p("These results hold no boot benchmarks (`pinbench run --suite quick` has them).")
 
     b.h2("Lifecycle and break-even")
     b.p("The **modelled** lifecycle split into startup, faults and teardown"
@@ -593,7 +596,11 @@ def write_report(paths: Sequence[Path], outdir: Path,
         "guest_memfd (RMPUPDATE + a 4 KiB CLFLUSH per guest-owned page) and faulted in "
         "anew; under the pinning strategies the conversion is the guest's page-table bit: "
         "one exit per request, the memory and its pins stay.")
-    b.table(lambda: _convert_table(df), "conversion")
+    if (df["family"] == "convert").any():
+        b.table(lambda: _convert_table(df), "conversion")
+    else:
+        b.p("These results hold no convert benchmarks (`pinbench run --suite quick` has "
+            "them).")
 
     if "simulator" in kinds:
         b.h2(SIMULATOR_SECTION)

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from pinning.harness.backings import COLD_WAIT_S, validate
+from pinning.model import strategies
 from pinning.model.config import BenchConfig, family_defaults, parse_value
 from pinning.model.names import RUN_PHASES, InputError
 from pinning.model.units import PAGE_SIZE, unit_pages
@@ -149,22 +150,26 @@ def guest_accesses(config: BenchConfig) -> int:
     """How many accesses the vCPU model runs in one lifecycle of ``config``.
 
     The touched fraction of the guest's units in the access phase; the remap family
-    touches everything once more after the remap; the boot pattern touches its fixed
-    working set and the guest's memory map (:func:`pinning.model.workloads.boot_units`,
-    counted without building it).
+    and convert families touch everything once more after the remap or conversion; the
+    boot pattern touches its fixed working set and the guest's memory map
+    (:func:`pinning.model.workloads.boot_units`, counted without building it), or under
+    guest_memfd with eager acceptance all of memory.
     """
     phases = RUN_PHASES[config.workload]
     if "access" not in phases:
         return 0
     upages = unit_pages(config.level)
     n_units = config.guest_pages // upages
-    if config.pattern == "boot":
+    if config.pattern == "boot" and strategies.get(config.strategy).guest_memfd and (
+            config.acceptance == "eager"):
+        per_pass = n_units  # all of memory accepted, i.e. touched, at boot
+    elif config.pattern == "boot":
         working = min(config.guest_pages, BOOT_WORKING_SET // PAGE_SIZE)
         memmap = -(-config.guest_pages // (PAGE_SIZE // STRUCT_PAGE_BYTES))
         per_pass = min(n_units, -(-working // upages) + -(-memmap // upages))
     else:
         per_pass = int(n_units * config.touch_fraction)
-    return per_pass * (2 if "remap" in phases else 1)
+    return per_pass * (2 if "remap" in phases or "convert" in phases else 1)
 
 
 def estimate_s(config: BenchConfig, *, processes: int, values: int, warmups: int) -> float:
