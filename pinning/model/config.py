@@ -196,7 +196,6 @@ class BenchConfig:
             raise InputError("the boot pattern touches what a booting guest touches: "
                              "touch_fraction does not apply")
 
-
     def for_strategy(self, name: str) -> tuple[BenchConfig, str | None]:
         """This configuration for strategy ``name`` in a side-by-side: the options that
         do not apply to it are left at their defaults (a memory-lock limit for a

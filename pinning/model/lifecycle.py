@@ -221,7 +221,7 @@ def run_lifecycle(config: BenchConfig, profile: CostProfile, *,
     if again is not None:
         # The first pass maps the guest; the measured part is the remap (or the
         # conversions) and the re-faults.
-        first = next(i for i, s in enumerate(steps) if isinstance(s, Phase)) + 1
+        first = next((i for i, s in enumerate(steps) if isinstance(s, Phase)), -1) + 1
         phase("access", lambda: access(steps[:first]))
         phase(again, lambda: access(steps[first:]))
     elif "access" in wanted:
