@@ -175,6 +175,15 @@ class _Builder:
         except InputError as exc:
             self.blocks.append(Block("note", f"{what}: {exc}"))
 
+    def family_table(self, df: pd.DataFrame, family: str,
+                     make: Callable[[], pd.DataFrame]) -> None:
+        """A family's table, or a line saying the results have none of its benchmarks."""
+        if (df["family"] == family).any():
+            self.table(make, family)
+        else:
+            self.p(f"These results hold no {family} benchmarks (`pinbench run --suite "
+                   f"quick` has them).")
+
     def figure(self, stem: str, title: str, make: Callable[[], Figure]) -> None:
         try:
             fig = make()
@@ -491,10 +500,7 @@ def write_report(paths: Sequence[Path], outdir: Path,
         "accepts its memory first -- lazily, the 2 MiB units it uses (one request each, "
         "every page faulted in), or eagerly, all of it at boot -- so its boot is where its "
         "faults land; upfront pays at startup, demand in the boot's faults.")
-    if (df["family"] == "boot").any():
-        b.table(lambda: boot_table(df), "boot")
-    else:
-        b.p("These results hold no boot benchmarks (`pinbench run --suite quick` has them).")
+    b.family_table(df, "boot", lambda: boot_table(df))
 
     b.h2("Lifecycle and break-even")
     b.p("The **modelled** lifecycle split into startup, faults and teardown"
@@ -596,11 +602,7 @@ def write_report(paths: Sequence[Path], outdir: Path,
         "guest_memfd (RMPUPDATE + a 4 KiB CLFLUSH per guest-owned page) and faulted in "
         "anew; under the pinning strategies the conversion is the guest's page-table bit: "
         "one exit per request, the memory and its pins stay.")
-    if (df["family"] == "convert").any():
-        b.table(lambda: _convert_table(df), "conversion")
-    else:
-        b.p("These results hold no convert benchmarks (`pinbench run --suite quick` has "
-            "them).")
+    b.family_table(df, "convert", lambda: _convert_table(df))
 
     if "simulator" in kinds:
         b.h2(SIMULATOR_SECTION)
