@@ -26,7 +26,7 @@ from pinning.analysis.stats import PUBLISHED_BOOT
 from pinning.model import strategies
 from pinning.model.cache import model_run
 from pinning.model.config import BenchConfig
-from pinning.model.costs import CostProfile, modelled_ns
+from pinning.model.costs import SNP_COST_KEYS, CostProfile, modelled_ns
 from pinning.model.units import PAGE_SIZE, unit_pages
 
 GiB = 1 << 30
@@ -119,8 +119,7 @@ _KVM_PHASES = (("startup", "startup", "startup"), ("fault_storm", "access", "tou
 #: Costs of work only an SEV host does: the kvm backing runs a plain guest, which never
 #: flushes caches for encryption, and has no RMP, no PSP and no private memory
 #: attributes (docs/model.md, "Real backings").
-SEV_ONLY_COSTS = ("clflush_page_ns", "page_flush_ns", "wbinvd_ns", "rmpupdate_ns",
-                  "psc_exit_ns", "psp_command_ns", "attr_store_ns")
+SEV_ONLY_COSTS = ("clflush_page_ns", "page_flush_ns", "wbinvd_ns", *SNP_COST_KEYS)
 
 
 def executed_profile(profile: CostProfile, strategy: str, level: str) -> CostProfile:

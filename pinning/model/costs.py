@@ -47,10 +47,13 @@ COST_KEYS: tuple[str, ...] = (
 SPREAD_KEYS: tuple[str, ...] = ("fault_cv", "lock_cv")
 #: The optional ``[host]`` table: what the costs were measured on (descriptive).
 HOST_KEYS: dict[str, type] = {"sme_coherent": bool, "thp": str, "mmu": str, "kernel": str}
+#: Costs of an SEV-SNP host's guest_memfd work (RMP, page-state changes, the PSP's launch
+#: commands, memory attributes): the one list of them.
+SNP_COST_KEYS: tuple[str, ...] = ("rmpupdate_ns", "psc_exit_ns", "psp_command_ns",
+                                  "attr_store_ns")
 #: Keys added with guest_memfd (issue #13): a profile written before them (e.g. by an
 #: older ``pinbench calibrate``) takes the packaged default's values for them, carried.
-CARRIED_IF_MISSING: tuple[str, ...] = ("rmpupdate_ns", "psc_exit_ns", "psp_command_ns",
-                                       "attr_store_ns")
+CARRIED_IF_MISSING: tuple[str, ...] = SNP_COST_KEYS
 #: Keys of earlier profiles and what replaced them (a profile naming one is refused).
 REPLACED_KEYS: dict[str, str] = {
     "zero_frame_ns": "host_fault_ns + zero_byte_ns (a host fault of any size, then its bytes)",
