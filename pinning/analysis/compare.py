@@ -1,10 +1,12 @@
 """Compare two pinbench results files: modelled metadata exactly, timed values with statistics.
 
 **Modelled** (the deterministic ``events.*`` and ``model.*`` metadata of each benchmark
-in both files, listed first) are compared exactly: any difference is listed with its
-relative size, including keys present on one side only; they gate only with
-``fail_on_model_change``. ``vcpu.*`` outputs are not compared (their scalars feed
-``model.<phase>_ns``).
+in both files, listed first) are compared exactly, whatever host ran them: any
+difference is listed with its relative size, including keys present on one side only;
+they gate only with ``fail_on_model_change``. ``vcpu.*`` outputs are not compared (their
+scalars feed ``model.<phase>_ns``), nor is the provenance of a run (``hostname``,
+``cpu_model_name``, ``platform``, ``host.*``, ``version.*``, ``pinbench.worker``, ...):
+only the two prefixes count.
 
 **Timed** (each benchmark's pyperf values, wall time in seconds, grouped by the worker
 process -- pyperf "run" -- that produced them). What they time depends on the backing
@@ -77,6 +79,18 @@ fewer excludes 1 too easily) and no benchmark could be significant on its own. I
 ``geomean_mde`` is ``geomean / geomean_lo``: the suite-wide change at which the CI,
 moved with it, excludes 1.
 
+**Hosts.** A benchmark's host is the set of pyperf ``hostname`` values of its runs
+(pyperf records it per worker process; a distributed run may put a benchmark's base and
+head -- or, in principle, its runs -- on different hosts). Wall times of two hosts differ
+by the machines, not by the code, so a benchmark's timed values are compared only when
+base and head ran on one host: when each side ran on one known host and the hosts
+differ, or a side's runs span several hosts, the row keeps its medians but gets no
+ratio, CI or p (it is "cannot tell", takes no part in Holm's m or the geometric mean, and
+never gates) and a note names the hosts. A side without ``hostname`` (older files) is an
+unknown host: it cannot be told apart, so it is compared, as before. ``across_hosts``
+compares across hosts anyway, with a note that the ratios then compare machines too.
+The modelled values are compared in every case.
+
 Neither test assumes equal sample sizes, unlike ``pyperf compare_to``, whose t-test
 raises on samples of different lengths and then calls the difference significant (a
 ``--fast`` run against a default run is "significant" everywhere).
@@ -120,7 +134,7 @@ FORMATS = ("text", "md", "json")
 ROW_COLUMNS = ("name", "base_median_s", "head_median_s", "base_n", "head_n", "base_runs",
                "head_runs", "unit", "ratio", "ratio_lo", "ratio_hi", "p_value", "p_holm",
                "verdict", "gates", "min_p", "reachable", "needed_processes", "mde",
-               "mde_faster")
+               "mde_faster", "base_host", "head_host", "hosts_differ")
 #: The unit of the statistics: per-process medians, or (a side with one process) values.
 UNITS = ("process", "value")
 MODEL_COLUMNS = ("name", "key", "base", "head")
@@ -137,6 +151,8 @@ TIMED_KINDS = {
 MD_ROWS = 40
 #: Machine metadata whose difference makes a measured comparison suspect.
 _MACHINE_KEYS = ("hostname", "cpu_model_name")
+#: Benchmarks named in a note before the rest are counted.
+_NOTE_NAMES = 8
 #: Largest resample matrix (values) built at once by the bootstrap.
 _CHUNK = 1_000_000
 _THRESHOLD_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(%?)\s*$")
@@ -207,6 +223,8 @@ class Comparison:
     geo: Geomean = field(default_factory=Geomean)
     #: "sim", "measured" or "mixed": what the timed values are (TIMED_KINDS).
     timed: str = "sim"
+    #: Measured values were compared across hosts too (module docstring, "Hosts").
+    across_hosts: bool = False
 
     @property
     def gating(self) -> list[str]:
@@ -263,6 +281,10 @@ class Comparison:
     def _compared(self) -> pd.DataFrame:
         return self.rows[self.rows["ratio"].notna()]
 
+    def _host_blind(self) -> bool:
+        """Nothing was compared because base and head ran on different hosts."""
+        return self._compared().empty and bool(self.rows["hosts_differ"].any())
+
     def _blind(self) -> bool:
         """No compared benchmark could have been significant on its own."""
         rows = self._compared()
@@ -312,6 +334,9 @@ class Comparison:
                     f"than {_pct(self.threshold)} ({kind})")
         elif fail_on_model_change and n_model:
             head = f"FAIL: {_plural(n_model, 'modelled value')} changed"
+        elif self._host_blind():
+            head = (f"NOT COMPARED: base and head ran on different hosts ({kind} values "
+                    "compare only on one host; --across-hosts compares anyway)")
         elif self._blind():
             head = (f"CANNOT TELL: no benchmark's change ({kind}) could be significant after "
                     f"Holm over {self.tests}; needs >= {self.needed_processes} processes per "
@@ -321,6 +346,9 @@ class Comparison:
                     f"{_pct(self.threshold)} ({kind})")
         counts = self.rows["verdict"].value_counts()
         parts = [f"{int(counts.get(v, 0))} {v}" for v in VERDICTS]
+        other_hosts = int((self.rows["hosts_differ"] & self.rows["ratio"].isna()).sum())
+        if other_hosts:
+            parts[-1] += f" ({other_hosts} not compared: hosts differ)"
         model = (f"{_plural(n_model, 'modelled change')}"
                  + (" (gates: --fail-on-model-change)" if fail_on_model_change and n_model
                     else ""))
@@ -331,7 +359,9 @@ class Comparison:
         verdict = str(r.verdict)
         if verdict == "cannot tell":
             verdict = (f"cannot tell (needs >= {r.needed_processes} processes per side)"
-                       if not _missing(r.ratio) else "cannot tell (not compared)")
+                       if not _missing(r.ratio) else
+                       "cannot tell (not compared: hosts differ)" if r.hosts_differ else
+                       "cannot tell (not compared)")
         if r.gates:
             verdict += " (GATES)"
         if markers:
@@ -359,6 +389,8 @@ class Comparison:
         return header, body
 
     def _geo_verdict(self) -> str:
+        if self._compared().empty:
+            return "cannot tell (nothing compared)"
         if self.geo.verdict == "cannot tell":
             return f"cannot tell (needs >= {self.geo.needed_processes} processes per side)"
         if self.geo.sequential and self.geo.verdict in SIGNIFICANT:
@@ -426,7 +458,7 @@ class Comparison:
 
     def _markdown(self, fail_on_model_change: bool) -> str:
         status = self.exit_status(fail_on_model_change)
-        icon = "❌" if status else ("⚠️" if self._blind() else "✅")
+        icon = "❌" if status else ("⚠️" if self._blind() or self._host_blind() else "✅")
         kind, what = self._kind()
         out = [f"### {icon} pinbench compare — {_md(self._headline(fail_on_model_change))}",
                "",
@@ -461,6 +493,8 @@ class Comparison:
                        if v in SIGNIFICANT]
             if changed:
                 out += _md_table(header, changed, right=range(1, 10))
+            elif self._host_blind():
+                out.append("Not compared: base and head ran on different hosts.")
             elif self._blind():
                 out.append(f"No change could be significant: {self._cannot_tell_text()}.")
             else:
@@ -506,7 +540,8 @@ class Comparison:
                 "gating_rule": self.gating_rule(),
                 "tests": self.tests,
                 "alpha_holm": self.alpha_holm,
-                "reachable": not self._blind(),
+                "reachable": not (self._blind() or self._host_blind()),
+                "across_hosts": self.across_hosts,
                 "needed_processes": self.needed_processes,
                 "design": self.design_lines(),
                 "rows": _records(self.rows),
@@ -535,11 +570,14 @@ class Comparison:
 
 # ---- comparison ---------------------------------------------------------------------------
 def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05,
-                  n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> Comparison:
+                  n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
+                  across_hosts: bool = False) -> Comparison:
     """Compare two pinbench results files of the same suite and schema (module docstring).
 
     A benchmark gates when its verdict is "slower" (bootstrap CI of the ratio above 1 and
     Mann-Whitney p < ``alpha`` after Holm) and its ratio of medians exceeds 1 + ``threshold``.
+    Its measured values are compared only when base and head ran on one host (or a side's
+    host is unknown), unless ``across_hosts``; its modelled values always are.
 
     Raises InputError (one line naming the files) for a file that is not a pinbench
     result, files of different suites, or no benchmark in common. Files of different
@@ -574,20 +612,26 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
 
     rows, log_boot, units, notes = [], [], [], []
     for name in common:
+        b_hosts, h_hosts = _hosts(b_benches[name]), _hosts(h_benches[name])
+        differ = _hosts_differ(b_hosts, h_hosts)
         row, boot, pair = _compare_values(name, _run_values(b_benches[name]),
                                           _run_values(h_benches[name]), n_boot=n_boot,
-                                          seed=seed, alpha=alpha)
+                                          seed=seed, alpha=alpha,
+                                          stats=across_hosts or not differ)
+        row.update(base_host=_host_text(b_hosts), head_host=_host_text(h_hosts),
+                   hosts_differ=differ)
         rows.append(row)
         units.append(pair)
         if boot is not None:
             log_boot.append(np.log(boot))
-        else:
+        elif not differ or across_hosts or not (row["base_median_s"] > 0
+                                                 and row["head_median_s"] > 0):
             side = "base" if not row["base_median_s"] > 0 else "head"
             notes.append(f"{name}: not compared (no measured value, or a median of 0, in {side})")
     frame = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     frame = frame.astype({"base_n": "int64", "head_n": "int64", "base_runs": "int64",
                           "head_runs": "int64", "gates": bool, "reachable": bool,
-                          "needed_processes": "int64"})
+                          "needed_processes": "int64", "hosts_differ": bool})
     _detectability(frame, units, alpha)
     _verdicts(frame, alpha, threshold)
     geo = _geomean(frame, log_boot, alpha=alpha, n_boot=n_boot, seed=seed)
@@ -601,9 +645,11 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
         notes.append(f"results schema {b_schema} (base) vs {h_schema} (head): the model's "
                      "counting rules differ between them, so modelled values are not compared "
                      "key by key (one modelled change is listed); timed values are")
+    notes += _host_notes(frame, across_hosts)
     notes += _pooled_notes(frame, alpha)
-    notes += _machine_notes(b_benches, h_benches, common)
-    order = _sequential_note(b_benches, h_benches, common)
+    notes += _machine_notes(b_benches, h_benches, frame)
+    compared = [str(n) for n in frame.loc[frame["ratio"].notna(), "name"]]
+    order = _sequential_note(b_benches, h_benches, compared) if compared else ""
     if order:
         geo.sequential = True
         notes.append(order)
@@ -612,7 +658,8 @@ def compare_files(base: str | Path, head: str | Path, *, threshold: float = 0.05
                       model_changes=model_changes,
                       threshold=float(threshold), base=base, head=head, alpha=alpha,
                       n_boot=n_boot, seed=seed, suite=b_suite, notes=notes, geo=geo,
-                      timed=_timed_kind(b_benches, h_benches, common))
+                      timed=_timed_kind(b_benches, h_benches, common),
+                      across_hosts=across_hosts)
 
 
 def _run_values(bench: pyperf.Benchmark) -> list[np.ndarray]:
@@ -622,14 +669,15 @@ def _run_values(bench: pyperf.Benchmark) -> list[np.ndarray]:
 
 
 def _compare_values(name: str, base: Sequence[np.ndarray], head: Sequence[np.ndarray], *,
-                    n_boot: int, seed: int, alpha: float
+                    n_boot: int, seed: int, alpha: float, stats: bool = True
                     ) -> tuple[dict[str, Any], np.ndarray | None,
                                tuple[np.ndarray, np.ndarray] | None]:
     """One benchmark's row (detectability: :func:`_detectability`, verdict:
     :func:`_verdicts`, not yet set), its bootstrap replicates of the ratio and the units
     the test compared, base and head (both None if not compared).
 
-    ``base`` and ``head`` hold one array of values per worker process.
+    ``base`` and ``head`` hold one array of values per worker process. Without ``stats``
+    the row gets only its medians (base and head not to be compared: other hosts).
     """
     hier = len(base) >= 2 and len(head) >= 2
     row: dict[str, Any] = {"name": name, "base_n": sum(len(v) for v in base),
@@ -640,7 +688,8 @@ def _compare_values(name: str, base: Sequence[np.ndarray], head: Sequence[np.nda
                            "p_value": math.nan, "p_holm": math.nan,
                            "verdict": "cannot tell", "gates": False, "min_p": math.nan,
                            "reachable": False, "needed_processes": 0, "mde": math.inf,
-                           "mde_faster": math.nan}
+                           "mde_faster": math.nan, "base_host": None, "head_host": None,
+                           "hosts_differ": False}
     if not base or not head:
         return row, None, None
     if hier:
@@ -650,7 +699,7 @@ def _compare_values(name: str, base: Sequence[np.ndarray], head: Sequence[np.nda
         b_units, h_units = np.concatenate(base), np.concatenate(head)
     b_med, h_med = float(np.median(b_units)), float(np.median(h_units))
     row.update(base_median_s=b_med, head_median_s=h_med)
-    if not (b_med > 0 and h_med > 0):
+    if not (stats and b_med > 0 and h_med > 0):
         return row, None, None
     ratio = h_med / b_med
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
@@ -901,16 +950,81 @@ def _timed_kind(b_benches: Mapping[str, pyperf.Benchmark],
     return "measured" if "sim" not in backings else "mixed"
 
 
-def _machine_notes(b_benches: Mapping[str, pyperf.Benchmark],
-                   h_benches: Mapping[str, pyperf.Benchmark], common: Sequence[str]) -> list[str]:
-    """Warn when the files were measured on different machines or cost profiles."""
+def _hosts(bench: pyperf.Benchmark) -> frozenset[str]:
+    """The hosts that ran a benchmark's measured values: pyperf's ``hostname`` of each run
+    with values (empty: unknown, e.g. a file older than the metadata)."""
+    return frozenset(str(h) for r in bench.get_runs() if r.values
+                     if (h := r.get_metadata().get("hostname")) not in (None, ""))
+
+
+def _hosts_differ(base: frozenset[str], head: frozenset[str]) -> bool:
+    """Base and head did not run on one host: each on one known host and they differ, or
+    a side's runs span several hosts. An unknown side (no hostname) cannot be told apart."""
+    return len(base) > 1 or len(head) > 1 or (len(base) == len(head) == 1 and base != head)
+
+
+def _host_text(hosts: frozenset[str]) -> str | None:
+    """A row's host: the name, names joined by ", " (several), None (unknown)."""
+    return ", ".join(sorted(hosts)) if hosts else None
+
+
+def _where(host: str | None) -> str:
+    if host is None:
+        return "an unknown host"
+    return f"several hosts ({host})" if ", " in host else f"host {host}"
+
+
+def _names_text(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_NOTE_NAMES])
+    more = len(names) - _NOTE_NAMES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _host_notes(frame: pd.DataFrame, across_hosts: bool) -> list[str]:
+    """Per pair of hosts, the benchmarks whose measured values were not compared because
+    base and head ran on different hosts (none with ``across_hosts``: the machines note
+    says what those ratios then hold)."""
+    if across_hosts:
+        return []
+    skipped = frame[frame["hosts_differ"] & frame["ratio"].isna()]
     notes = []
-    bmd, hmd = b_benches[common[0]].get_metadata(), h_benches[common[0]].get_metadata()
-    for key in _MACHINE_KEYS:
-        if bmd.get(key) != hmd.get(key):
-            notes.append(f"measured on different machines ({key} {bmd.get(key)!r} vs "
-                         f"{hmd.get(key)!r}): measured ratios compare machines too")
-            break
+    for (b_host, h_host), group in skipped.groupby(["base_host", "head_host"], sort=False,
+                                                    dropna=False):
+        b_host = None if _missing(b_host) else str(b_host)
+        h_host = None if _missing(h_host) else str(h_host)
+        names = [str(n) for n in group["name"]]
+        notes.append(f"measured values not compared for {_plural(len(names), 'benchmark')} "
+                     f"({_names_text(names)}): base ran on {_where(b_host)}, head on "
+                     f"{_where(h_host)}; measured times compare only on one host (pass "
+                     "--across-hosts to compare anyway); modelled values are compared")
+    return notes
+
+
+def _machine_notes(b_benches: Mapping[str, pyperf.Benchmark],
+                   h_benches: Mapping[str, pyperf.Benchmark], frame: pd.DataFrame
+                   ) -> list[str]:
+    """Warn when compared measured values ran on different machines (hosts: the rows;
+    else the first compared benchmark's CPU), or the cost profiles differ."""
+    notes = []
+    compared = frame[frame["ratio"].notna()]
+    across = compared[compared["hosts_differ"]]
+    if len(across):  # only with across_hosts
+        pairs = list(dict.fromkeys(zip(across["base_host"], across["head_host"], strict=True)))
+        which = "; ".join(f"{b!r} vs {h!r}" for b, h in pairs)
+        some = ("" if len(across) == len(compared)
+                else f", {len(across)} of {len(compared)} compared benchmarks")
+        notes.append(f"measured on different machines (hostname {which}{some}): measured "
+                     "ratios compare machines too")
+    elif len(compared):
+        name = compared["name"].iloc[0]
+        bmd, hmd = b_benches[name].get_metadata(), h_benches[name].get_metadata()
+        for key in _MACHINE_KEYS:
+            if bmd.get(key) != hmd.get(key):
+                notes.append(f"measured on different machines ({key} {bmd.get(key)!r} vs "
+                             f"{hmd.get(key)!r}): measured ratios compare machines too")
+                break
+    first = frame["name"].iloc[0]
+    bmd, hmd = b_benches[first].get_metadata(), h_benches[first].get_metadata()
     costs = sorted(k for k in {*bmd, *hmd} if k.startswith("cost.") and k != "cost.source"
                    and bmd.get(k) != hmd.get(k))
     if costs:
@@ -921,14 +1035,16 @@ def _machine_notes(b_benches: Mapping[str, pyperf.Benchmark],
 
 # ---- entry point --------------------------------------------------------------------------
 def main(base: str | Path, head: str | Path, *, threshold: float = 0.05, fmt: str = "text",
-         fail_on_model_change: bool = False) -> int:
+         fail_on_model_change: bool = False, across_hosts: bool = False) -> int:
     """Print the comparison in ``fmt`` to stdout and return the exit status (0 or 1).
 
-    InputError propagates (the CLI prints it as one line, exit 2).
+    ``across_hosts`` compares measured values of benchmarks that base and head ran on
+    different hosts too (module docstring, "Hosts"). InputError propagates (the CLI
+    prints it as one line, exit 2).
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    comparison = compare_files(base, head, threshold=threshold)
+    comparison = compare_files(base, head, threshold=threshold, across_hosts=across_hosts)
     sys.stdout.write(comparison.format(fmt, fail_on_model_change=fail_on_model_change))
     sys.stdout.flush()
     return comparison.exit_status(fail_on_model_change)
