@@ -755,3 +755,213 @@ def test_runs_one_after_the_other_qualify_the_geometric_mean(tmp_path: Path) -> 
     c2 = compare_files(base, same)
     assert c2.geo.verdict == "faster" and not c2.geo.sequential
     assert not any("one after the other" in n for n in c2.notes)
+
+
+# ---- hosts ---------------------------------------------------------------------------------------
+def hosted(name: str = NAME, host: str | None = "alpha", **extra: object) -> dict[str, object]:
+    """A benchmark's metadata as run on ``host`` (None: no hostname, as in older files)."""
+    md = metadata(name, **extra)
+    if host is None:
+        del md["hostname"]
+    else:
+        md["hostname"] = host
+    return md
+
+
+def test_other_host_is_not_compared_and_never_gates(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 8 processes a side and head 3x slower: on one host this gates (below); on two it is
+    # not compared at all -- the medians stay, no ratio, "cannot tell", exit 0.
+    base, head = pair(tmp_path, process_draw(51, 8, 3, between=0.05),
+                      process_draw(52, 8, 3, between=0.05, scale=3e-3),
+                      hosted(host="alpha"), hosted(host="beta"))
+    c = compare_files(base, head)
+    row = only_row(c)
+    assert row["head_median_s"] / row["base_median_s"] > 2.5  # the medians are kept
+    assert all(math.isnan(row[k]) for k in ("ratio", "ratio_lo", "ratio_hi", "p_value",
+                                            "p_holm", "min_p"))
+    assert row["verdict"] == "cannot tell" and not row["gates"] and not row["reachable"]
+    assert (row["base_host"], row["head_host"], row["hosts_differ"]) == ("alpha", "beta", True)
+    assert c.gating == [] and c.tests == 0 and c.exit_status() == 0
+    assert math.isnan(c.geomean) and c.geo.method == "nothing compared"
+    note = next(n for n in c.notes if n.startswith("measured values not compared"))
+    assert note == (f"measured values not compared for 1 benchmark ({NAME}): base ran on host "
+                    "alpha, head on host beta; measured times compare only on one host (pass "
+                    "--across-hosts to compare anyway); modelled values are compared")
+    assert not any("different machines" in n for n in c.notes)  # nothing compared them
+    assert main(base, head) == 0
+    out = capsys.readouterr().out
+    assert "cannot tell (not compared: hosts differ)" in out
+    last = out.splitlines()[-1]
+    assert last.startswith("Result: NOT COMPARED: base and head ran on different hosts")
+    assert "1 cannot tell (1 not compared: hosts differ)" in last and last.endswith("(exit 0)")
+    assert c.format("md").startswith("### ⚠️ pinbench compare — NOT COMPARED")
+    doc = json.loads(c.format("json"))
+    assert doc["exit_status"] == 0 and doc["measured"]["across_hosts"] is False
+    assert doc["measured"]["reachable"] is False
+    rec = doc["measured"]["rows"][0]
+    assert rec["ratio"] is None and rec["verdict"] == "cannot tell"
+    assert (rec["base_host"], rec["head_host"], rec["hosts_differ"]) == ("alpha", "beta", True)
+
+
+def test_same_host_is_compared_as_before(tmp_path: Path) -> None:
+    base, head = pair(tmp_path, process_draw(51, 8, 3, between=0.05),
+                      process_draw(52, 8, 3, between=0.05, scale=3e-3),
+                      hosted(host="alpha"), hosted(host="alpha"))
+    c = compare_files(base, head)
+    row = only_row(c)
+    assert row["verdict"] == "slower" and row["gates"] and c.exit_status() == 1
+    assert (row["base_host"], row["head_host"], row["hosts_differ"]) == ("alpha", "alpha", False)
+    assert not any("not compared" in n or "different machines" in n for n in c.notes)
+
+
+def test_hosts_are_judged_per_benchmark(tmp_path: Path) -> None:
+    # A distributed run: two benchmarks ran base and head on one host each, three moved from
+    # alpha to beta and one from alpha to gamma. Only the first two are compared: Holm's m,
+    # the design and the geometric mean are theirs; one note per pair of hosts.
+    names = [f"startup/upfront/{i + 1}GiB/4k" for i in range(6)]
+    heads = ["alpha", "delta", "beta", "beta", "beta", "gamma"]
+    base = write(tmp_path / "b.json", [
+        (n, process_draw(60 + i, 8, 3, between=0.05),
+         hosted(n, "delta" if i == 1 else "alpha")) for i, n in enumerate(names)])
+    head = write(tmp_path / "h.json", [
+        (n, process_draw(70 + i, 8, 3, between=0.05, scale=1.2e-3 if i < 2 else 5e-3),
+         hosted(n, h)) for i, (n, h) in enumerate(zip(names, heads, strict=True))])
+    c = compare_files(base, head)
+    assert list(c.rows["hosts_differ"]) == [False, False, True, True, True, True]
+    assert c.rows["ratio"].notna().tolist() == [True, True, False, False, False, False]
+    assert c.tests == 2 and math.isclose(c.alpha_holm, 0.05 / 2)
+    assert math.isclose(c.geomean, math.sqrt(c.rows["ratio"].iloc[0] * c.rows["ratio"].iloc[1]))
+    assert c.geomean < 1.3  # the 5x of the other hosts is not in it
+    assert c.gating == names[:2]  # 20 % slower on one host each: gates
+    assert (c.rows["verdict"].iloc[2:] == "cannot tell").all()
+    notes = [n for n in c.notes if n.startswith("measured values not compared")]
+    assert len(notes) == 2
+    assert notes[0].startswith(f"measured values not compared for 3 benchmarks ({names[2]}, "
+                               f"{names[3]}, {names[4]}): base ran on host alpha, head on "
+                               "host beta;")
+    assert "1 benchmark" in notes[1] and "head on host gamma" in notes[1]
+    design = c.design_lines()
+    assert len(design) == 1 and design[0].startswith("2 benchmarks")
+    assert "over 2 benchmarks" in c.format("text")
+
+
+def test_across_hosts_compares_with_the_machines_note(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, head = pair(tmp_path, process_draw(51, 8, 3, between=0.05),
+                      process_draw(52, 8, 3, between=0.05, scale=3e-3),
+                      hosted(host="alpha"), hosted(host="beta"))
+    c = compare_files(base, head, across_hosts=True)
+    row = only_row(c)
+    assert row["hosts_differ"] and row["ratio"] > 2.5
+    assert row["verdict"] == "slower" and row["gates"] and c.exit_status() == 1
+    assert "measured on different machines (hostname 'alpha' vs 'beta'): measured ratios " \
+           "compare machines too" in c.notes
+    assert not any(n.startswith("measured values not compared") for n in c.notes)
+    assert json.loads(c.format("json"))["measured"]["across_hosts"] is True
+    assert main(base, head, across_hosts=True) == 1
+    assert "slower (GATES)" in capsys.readouterr().out
+    assert main(base, head) == 0
+
+
+def test_model_changes_are_listed_across_hosts(tmp_path: Path) -> None:
+    # Another host and everything a distributed run records about where it ran differ; only
+    # the modelled keys count as model changes, and they are compared whatever the host.
+    provenance = {"cpu_model_name": "Intel(R) Xeon(R)", "platform": "Linux-6.1-x86_64",
+                  "host.kernel": "6.1.0", "host.thp": "madvise", "host.mem_available_gib": 30.5,
+                  "version.numba": "0.60.0", "version.numpy": "2.0.1",
+                  "pinbench.worker": "tcp://10.0.0.1:1234"}
+    other = {"cpu_model_name": "AMD EPYC 7763", "platform": "Linux-6.8-x86_64",
+             "host.kernel": "6.8.0", "host.thp": "always", "host.mem_available_gib": 250.0,
+             "version.numba": "0.61.0", "version.numpy": "2.1.0",
+             "pinbench.worker": "tcp://10.0.0.2:4321"}
+    base_md = hosted(host="alpha", **provenance)
+    head_md = hosted(host="beta", **other, **{"events.startup.pins": 7})
+    base, head = pair(tmp_path, draw(9, 5, 3), draw(9, 5, 3), base_md, head_md)
+    c = compare_files(base, head)
+    assert only_row(c)["hosts_differ"] and math.isnan(only_row(c)["ratio"])
+    assert c.model_changes.to_dict("records") == [
+        {"name": NAME, "key": "events.startup.pins", "base": 4 * 2**18, "head": 7}]
+    assert c.exit_status() == 0 and c.exit_status(fail_on_model_change=True) == 1
+    assert main(base, head, fail_on_model_change=True) == 1
+    # the provenance alone, on one host: no model change at all
+    sub = tmp_path / "same"
+    sub.mkdir()
+    same = pair(sub, draw(9, 5, 3), draw(10, 5, 3), base_md,
+                hosted(host="beta", **other))
+    assert compare_files(*same).model_changes.empty
+    assert compare_files(*same, across_hosts=True).model_changes.empty
+
+
+def test_unknown_host_is_compared(tmp_path: Path) -> None:
+    # Files from before hostname was recorded: we cannot tell the hosts differ, so compare.
+    for b_host, h_host in ((None, "beta"), ("alpha", None), (None, None)):
+        sub = tmp_path / f"{b_host}-{h_host}"
+        sub.mkdir()
+        base, head = pair(sub, process_draw(51, 8, 3, between=0.05),
+                          process_draw(52, 8, 3, between=0.05, scale=3e-3),
+                          hosted(host=b_host), hosted(host=h_host))
+        c = compare_files(base, head)
+        row = only_row(c)
+        assert (row["base_host"], row["head_host"]) == (b_host, h_host)
+        assert not row["hosts_differ"] and row["verdict"] == "slower" and row["gates"]
+        assert not any(n.startswith("measured values not compared") for n in c.notes)
+
+
+def test_hosts_of_a_benchmark_are_those_of_its_runs() -> None:
+    from pinning.analysis.compare import _hosts, _hosts_differ
+
+    class Bench:  # pyperf.Benchmark refuses runs of different hostnames: a stand-in
+        def __init__(self, *hosts: str | None, empty: str | None = None) -> None:
+            self.runs = [pyperf.Run([1.0], metadata={"name": NAME, **(
+                {"hostname": h} if h else {})}, collect_metadata=False) for h in hosts]
+            if empty:  # a run without values (e.g. calibration) does not count
+                self.runs.append(pyperf.Run([], warmups=[(1, 1.0)], metadata={
+                    "name": NAME, "hostname": empty}, collect_metadata=False))
+
+        def get_runs(self) -> list[pyperf.Run]:
+            return self.runs
+
+    assert _hosts(Bench("a", "a", empty="z")) == {"a"}
+    assert _hosts(Bench("a", "b")) == {"a", "b"}
+    assert _hosts(Bench(None, "a")) == {"a"}
+    assert _hosts(Bench(None)) == frozenset()
+    a, b, ab, unknown = frozenset("a"), frozenset("b"), frozenset("ab"), frozenset()
+    assert not _hosts_differ(a, a) and _hosts_differ(a, b)
+    assert _hosts_differ(ab, a) and _hosts_differ(a, ab) and _hosts_differ(ab, ab)
+    assert _hosts_differ(ab, unknown) and _hosts_differ(unknown, ab)
+    assert not _hosts_differ(unknown, a) and not _hosts_differ(a, unknown)
+    assert not _hosts_differ(unknown, unknown)
+
+
+def test_a_side_on_several_hosts_is_not_compared(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pinning.analysis.compare as compare
+
+    # pyperf itself refuses a benchmark whose runs name different hosts (hostname is one of
+    # the metadata it checks run by run), so such a file does not load ...
+    good = write(tmp_path / "good.json", [(NAME, draw(1, 2, 3), hosted(host="alpha"))])
+    doc = json.loads(good.read_text())
+    bench = doc["benchmarks"][0]
+    host = bench.get("metadata", {}).pop("hostname", None) or doc["metadata"].pop("hostname")
+    assert host == "alpha"
+    for run, h in zip(bench["runs"], ("alpha", "beta"), strict=True):
+        run.setdefault("metadata", {})["hostname"] = h
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="hostname"):
+        compare_files(mixed, good)
+    # ... but compare is ready for one: a side on several hosts is not compared
+    real = compare._hosts
+    monkeypatch.setattr(compare, "_hosts", lambda b: frozenset({"alpha", "beta"})
+                        if b.get_metadata().get("hostname") == "several" else real(b))
+    base, head = pair(tmp_path, process_draw(51, 8, 3, between=0.05),
+                      process_draw(52, 8, 3, between=0.05, scale=3e-3),
+                      hosted(host="alpha"), hosted(host="several"))
+    c = compare_files(base, head)
+    row = only_row(c)
+    assert row["head_host"] == "alpha, beta" and row["hosts_differ"]
+    assert math.isnan(row["ratio"]) and not row["gates"] and c.exit_status() == 0
+    assert any("base ran on host alpha, head on several hosts (alpha, beta)" in n
+               for n in c.notes)
+    assert only_row(compare_files(base, head, across_hosts=True))["gates"]
