@@ -102,3 +102,18 @@ def fallocate(fd: int, mode: int, offset: int, length: int, what: str) -> None:
     while _fallocate(fd, mode, offset, length) != 0:
         if ctypes.get_errno() != errno.EINTR:
             raise errno_error(what)
+
+
+_prctl = _libc.prctl
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_prctl.restype = ctypes.c_int
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = 9) -> None:
+    """Ask the kernel to send ``sig`` (default SIGKILL) to this process when its parent
+    dies: a child started as ``preexec_fn`` then never outlives a killed parent (e.g. a
+    dask worker lost mid-benchmark, whose benchmark runs again elsewhere)."""
+    if _prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0):
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")

@@ -86,6 +86,36 @@ def run_metadata(config: BenchConfig, backing: Backing, res: Any) -> dict[str, i
     return md
 
 
+#: The variable that names, to a bench script and its pyperf workers, the dask worker
+#: running them (recorded per run as ``pinbench.worker``; "local" outside a cluster).
+WORKER_ENV = "PINBENCH_WORKER"
+
+
+def provenance() -> dict[str, int | float | str]:
+    """Where a run ran: the dask worker, the host's detected state (kernel, THP mode, KVM's
+    MMU, SME_COHERENT: :func:`pinning.harness.calibrate.detect_host`), its free memory,
+    and the numba and numpy versions that computed the modelled values.
+
+    Recorded per run beside pyperf's own ``hostname``, ``cpu_model_name`` and
+    ``platform``, so that a benchmark run on a cluster says which machine measured it.
+    """
+    import os
+    from importlib.metadata import version
+
+    from pinning.backends.hostmem import available_memory
+    from pinning.harness.calibrate import detect_host
+
+    md: dict[str, int | float | str] = {
+        "pinbench.worker": os.environ.get(WORKER_ENV) or "local",
+        "version.numba": version("numba"),
+        "version.numpy": version("numpy"),
+        "host.mem_available_gib": round(available_memory() / (1 << 30), 2),
+    }
+    for m in detect_host():
+        md[m.key] = str(m.value) if m.value is not None else "unknown"
+    return md
+
+
 def main(family: str) -> None:
     """Run one benchmark of ``family`` under pyperf (manager or worker process)."""
     import pyperf
@@ -123,6 +153,7 @@ def main(family: str) -> None:
         warm_up()  # the kernels from numba's cache: harness overhead, and no JIT when timed
         t0 = time.perf_counter()
         metadata["pinbench.load_s"] = t0 - t_load
+        metadata.update(provenance())
         if config.backing != "kvm":  # the kvm guest runs its own code
             workload = build_workload(config)
         # Untimed: records the run's events, which are the same in every run.

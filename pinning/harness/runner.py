@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pinning.backends.libc import die_with_parent
 from pinning.harness.backings import TABLE, preflight
+from pinning.harness.bench import WORKER_ENV
 from pinning.harness.suite import Suite
 from pinning.model.config import BenchConfig
 from pinning.model.names import InputError
@@ -133,7 +135,8 @@ def worker_command(config: BenchConfig, suite: Suite, out: Path,
         cmd += ["--processes", "1", "--in-process"]
     else:
         cmd += ["--processes", str(suite.processes),
-                "--inherit-environ", "NUMBA_CACHE_DIR,NUMBA_DISABLE_JIT,NUMBA_NUM_THREADS,CI"]
+                "--inherit-environ",
+                f"NUMBA_CACHE_DIR,NUMBA_DISABLE_JIT,NUMBA_NUM_THREADS,CI,{WORKER_ENV}"]
     profile = cost_profile or suite.cost_profile
     if profile:
         cmd += ["--cost-profile", str(profile)]
@@ -221,6 +224,8 @@ class Resume:
     suite_source: str
     benchmarks: list  # pyperf.Benchmark, without the partial file's own metadata
     cost_profile: str | None = None
+    #: ``I/N`` when the partial run was one shard of its suite (``run --shard``)
+    shard: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -261,7 +266,8 @@ def read_partial(path: Path) -> Resume:
     return Resume(path=path, suite=str(md.get("pinbench.suite", "")),
                   suite_source=str(md.get("pinbench.suite_source", "")),
                   benchmarks=pyperf.BenchmarkSuite.loads(json.dumps(data)).get_benchmarks(),
-                  cost_profile=md.get("pinbench.cost_profile"))
+                  cost_profile=md.get("pinbench.cost_profile"),
+                  shard=md.get("pinbench.shard"))
 
 
 def check_resume(resume: Resume, suite: Suite) -> None:
@@ -279,8 +285,15 @@ def check_resume(resume: Resume, suite: Suite) -> None:
 
 def run_suite(suite: Suite, output: Path, *, force: bool = False,
               cost_profile: str | None = None, stream=None,
-              resume: Resume | None = None) -> RunReport:
+              resume: Resume | None = None, shard: str | None = None,
+              cluster: str | None = None) -> RunReport:
     """Run every benchmark of ``suite`` (those ``resume`` lacks) and write one pyperf file.
+
+    Each benchmark is one *cell* (:func:`run_cell`): here, one after the other, or with
+    ``cluster`` (``ADDRESS`` or ``local:N``) on the workers of a dask.distributed cluster
+    (:func:`pinning.harness.cluster.run_cells`). ``shard`` (``I/N``, the suite already cut
+    to that shard by :func:`pinning.harness.shard.select`) is recorded on each benchmark
+    so that ``pinbench merge`` can check the shards it joins.
 
     The output is checked before anything runs (:func:`check_output`). A configuration
     that does not fit in memory is skipped; a failing one is reported by name and the
@@ -306,37 +319,22 @@ def run_suite(suite: Suite, output: Path, *, force: bool = False,
         finished = {b.get_name(): b for b in resume.benchmarks}
         report.resumed = len(finished)
     todo = [c for c in suite.benchmarks if c.name not in finished]
-    progress = Progress([suite.estimated_s(c) for c in todo], stream)
+    if shard:
+        from pinning.harness.shard import SHARD_KEY
+
+        marks = {SHARD_KEY: shard}
+    else:
+        marks = {}
     with tempfile.TemporaryDirectory(prefix="pinbench-") as tmp:
         try:
-            for i, config in enumerate(todo, start=1):
-                name = config.name
-                try:
-                    preflight(config, what=name)
-                except InputError as exc:
-                    report.skipped.append((name, str(exc)))
-                    progress.end(i, name, f"skipped: {exc}", ran=False)
-                    continue
-                progress.begin(i, name)
-                out = Path(tmp) / f"{i}.json"
-                t0 = time.monotonic()
-                ok, why = _run_one(worker_command(config, suite, out, cost_profile))
-                report.wall_s[name] = time.monotonic() - t0
-                if ok:
-                    bench = pyperf.Benchmark.load(str(out))
-                    finished[name] = bench
-                    report.done.append(name)
-                    report.work_s[name] = sum(
-                        r.get_metadata().get("duration", 0.0)
-                        + r.get_metadata().get("pinbench.events_run_s", 0.0)
-                        for r in bench.get_runs())
-                    # on the sim backing the value times pinbench's own bookkeeping
-                    kind = "simulator speed" if config.backing == "sim" else "measured"
-                    progress.end(i, name, f"{bench.median() * 1e3:.3f} ms median "
-                                          f"({kind}), {report.wall_s[name]:.1f} s wall")
-                else:
-                    report.failed.append((name, why))
-                    progress.end(i, name, f"FAILED: {why}")
+            if cluster:
+                from pinning.harness.cluster import run_cells
+
+                cells = run_cells(cluster, todo, suite, cost_profile, stream)
+            else:
+                cells = _serial_cells(todo, suite, cost_profile, Path(tmp), stream)
+            for cell in cells:
+                _record(cell, finished, report, marks)
         except KeyboardInterrupt as exc:
             with _sigint_ignored():  # a second Ctrl-C must not cut the partial file short
                 _save(suite, finished, report, output, cost_profile, resume, stream,
@@ -346,6 +344,103 @@ def run_suite(suite: Suite, output: Path, *, force: bool = False,
     _save(suite, finished, report, output, cost_profile, resume, stream,
           complete=not report.failed)
     return report
+
+
+@dataclass
+class CellResult:
+    """What one cell -- one benchmark with all its pyperf worker processes -- gave back.
+
+    Plain data (it crosses from a dask worker to the client): the benchmark as the pyperf
+    JSON text its bench script wrote, or why there is none.
+    """
+
+    name: str
+    #: "done", "skipped" (does not fit or cannot run where it was sent) or "failed"
+    status: str
+    why: str = ""
+    bench_json: str | None = None
+    #: wall seconds of the cell (the bench script, start to end)
+    wall_s: float = 0.0
+    #: the dask worker that ran it ("local" when run here)
+    worker: str = "local"
+    #: how many times the cell was started (2: its first worker was lost mid-cell)
+    attempts: int = 1
+
+    def benchmark(self):
+        """The pyperf Benchmark of a done cell."""
+        import pyperf
+
+        return pyperf.BenchmarkSuite.loads(self.bench_json or "").get_benchmarks()[0]
+
+
+def run_cell(config: BenchConfig, suite: Suite, cost_profile: str | None, workdir: Path,
+             worker: str = "local") -> CellResult:
+    """Run one benchmark (the preflight check, then its bench script with all its pyperf
+    worker processes) on this host; what it gave. Runs here or on a dask worker."""
+    name = config.name
+    try:
+        preflight(config, what=name)
+    except InputError as exc:
+        return CellResult(name, "skipped", str(exc), worker=worker)
+    fd, out = tempfile.mkstemp(prefix="cell-", suffix=".json", dir=workdir)
+    os.close(fd)
+    os.unlink(out)  # pyperf refuses to overwrite a file
+    t0 = time.monotonic()
+    try:
+        ok, why = _run_one(worker_command(config, suite, Path(out), cost_profile),
+                           env={**os.environ, WORKER_ENV: worker})
+        wall = time.monotonic() - t0
+        if not ok:
+            return CellResult(name, "failed", why, wall_s=wall, worker=worker)
+        return CellResult(name, "done", bench_json=Path(out).read_text(), wall_s=wall,
+                          worker=worker)
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+
+
+def _serial_cells(todo: Sequence[BenchConfig], suite: Suite, cost_profile: str | None,
+                  workdir: Path, stream) -> Iterator[CellResult]:
+    """The cells of ``todo`` one after the other on this machine, with the progress line."""
+    progress = Progress([suite.estimated_s(c) for c in todo], stream)
+    for i, config in enumerate(todo, start=1):
+        progress.begin(i, config.name)
+        cell = run_cell(config, suite, cost_profile, workdir)
+        progress.end(i, config.name, cell_outcome(cell, config), ran=cell.status != "skipped")
+        yield cell
+
+
+def cell_outcome(cell: CellResult, config: BenchConfig) -> str:
+    """How a progress line tells what a cell gave: its median, labelled, or why none."""
+    if cell.status == "skipped":
+        return f"skipped: {cell.why}"
+    if cell.status == "failed":
+        return f"FAILED: {cell.why}"
+    # on the sim backing the value times pinbench's own bookkeeping
+    kind = "simulator speed" if config.backing == "sim" else "measured"
+    return f"{cell.benchmark().median() * 1e3:.3f} ms median ({kind}), {cell.wall_s:.1f} s wall"
+
+
+def _record(cell: CellResult, finished: dict, report: RunReport, marks: dict) -> None:
+    """Enter one cell's outcome in the report and its benchmark among the finished."""
+    name = cell.name
+    if cell.status == "skipped":
+        report.skipped.append((name, cell.why))
+        return
+    report.wall_s[name] = cell.wall_s
+    if cell.status == "failed":
+        report.failed.append((name, cell.why))
+        return
+    bench = cell.benchmark()
+    if cell.attempts > 1:  # its first worker was lost mid-cell: this is the retry's
+        marks = {**marks, "pinbench.attempts": cell.attempts}
+    if marks:
+        bench.update_metadata(marks)
+    finished[name] = bench
+    report.done.append(name)
+    report.work_s[name] = sum(r.get_metadata().get("duration", 0.0)
+                              + r.get_metadata().get("pinbench.events_run_s", 0.0)
+                              for r in bench.get_runs())
 
 
 def _save(suite: Suite, finished: dict, report: RunReport, output: Path,
@@ -411,10 +506,14 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-def _run_one(cmd: list[str]) -> tuple[bool, str]:
-    """Run one bench script in its own process group; (ok, last line of its errors)."""
+def _run_one(cmd: list[str], env: dict[str, str] | None = None) -> tuple[bool, str]:
+    """Run one bench script in its own process group; (ok, last line of its errors).
+
+    The script dies with the process that started it: a dask worker killed mid-cell
+    leaves no benchmark running on behind the retry.
+    """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=env, preexec_fn=die_with_parent)
     try:
         stdout, stderr = proc.communicate()
     except KeyboardInterrupt:
