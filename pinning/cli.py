@@ -108,7 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
                           "and remove the partial file")
     run.add_argument("--cost-profile", default=None, metavar="FILE",
                      help="cost profile TOML for the modelled times (default: builtin)")
+    run.add_argument("--shard", default=None, metavar="I/N",
+                     help="run only shard I of N of the suite: a stable part, balanced by "
+                          "estimated time (the same benchmark is always in the same shard); "
+                          "join the shards' files with pinbench merge")
+    run.add_argument("--cluster", default=None, metavar="ADDRESS|local:N",
+                     help="run each benchmark (with all its processes) on one worker of a "
+                          "dask.distributed cluster: a scheduler's address, or local:N to "
+                          "start N workers here (needs pip install -e '.[dask]')")
     run.set_defaults(func=cmd_run)
+
+    mrg = sub.add_parser(
+        "merge", help="join the results files of a suite's shards into one",
+        description="Join results files of one suite (the shards of `pinbench run --shard`, "
+        "or runs of disjoint parts) into one pyperf file. Refuses, in one line, files of "
+        "different suites or results schemas, a benchmark in two files, partial files, "
+        "shards of different counts and a missing shard.")
+    mrg.add_argument("inputs", nargs="+", metavar="RESULT.json")
+    mrg.add_argument("-o", "--output", required=True, metavar="FILE",
+                     help="the merged results file")
+    mrg.add_argument("--force", action="store_true", help="overwrite an existing output")
+    mrg.add_argument("--allow-missing", action="store_true",
+                     help="merge even when a shard's file is missing")
+    mrg.set_defaults(func=cmd_merge)
 
     rep = sub.add_parser(
         "report", help="tables and plots from results files: report.md, report.html, PNGs, CSV",
@@ -158,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="install each ref's dependencies (default) or reuse this "
                     "environment's (fast, offline)")
     br.add_argument("--fail-on-model-change", action="store_true")
+    br.add_argument("--cluster", default=None, metavar="ADDRESS|local:N",
+                    help="run each benchmark's A/B pair (its interleaved rounds) on one worker "
+                         "of a dask.distributed cluster whose workers see this file system")
     br.set_defaults(func=cmd_compare_branches)
 
     cal = sub.add_parser(
@@ -210,7 +235,20 @@ def cmd_compare_branches(args: argparse.Namespace) -> int:
 
     return branches_main(args.base_ref, args.head_ref, suite=args.suite, outdir=args.output,
                          aa=args.aa, threshold=parse_threshold(args.threshold),
-                         deps=args.deps, fail_on_model_change=args.fail_on_model_change)
+                         deps=args.deps, fail_on_model_change=args.fail_on_model_change,
+                         cluster=args.cluster)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """``pinbench merge``: join shard files into one results file."""
+    from pathlib import Path
+
+    from pinning.harness.shard import merge
+
+    merged = merge([Path(p) for p in args.inputs], Path(args.output), force=args.force,
+                   allow_missing=args.allow_missing)
+    print(f"{merged.benchmarks} benchmarks from {len(merged.files)} files: {merged.output}")
+    return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -275,16 +313,23 @@ def cmd_run(args: argparse.Namespace) -> int:
                              f"{resume.cost_profile}, not {args.cost_profile}: resume it "
                              "with its own profile")
         cost_profile = args.cost_profile or resume.cost_profile
+        if args.shard and resume.shard and args.shard != resume.shard:
+            raise InputError(f"{resume.path} is shard {resume.shard}, not {args.shard}: "
+                             "resume it with its own shard")
+        suite, shard = _shard(suite, args.shard or resume.shard)
         output = Path(args.output) if args.output else complete_path(resume.path)
     else:
         suite = load_suite(args.suite or "quick")
         cost_profile = args.cost_profile
+        suite, shard = _shard(suite, args.shard)
         if args.output:
             output = Path(args.output)
         else:
             # The default lives in ./results, made here if missing (an explicit -o's
             # directory must exist: a typo there should not make a new tree).
-            output = Path("results") / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            part = f"-shard{shard.replace('/', 'of')}" if shard else ""
+            output = (Path("results")
+                      / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}{part}.json")
             try:
                 output.parent.mkdir(exist_ok=True)
             except OSError as exc:
@@ -293,7 +338,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
         report = run_suite(suite, output, force=args.force, cost_profile=cost_profile,
-                           resume=resume)
+                           resume=resume, shard=shard, cluster=args.cluster)
     except KeyboardInterrupt as exc:
         report = getattr(exc, "report", None)
         if report is None or report.partial is None:
@@ -328,6 +373,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.partial:
         _say_partial(f"{plural(len(report.failed), 'benchmark')} failed", report, suite)
     return 1 if report.failed or not written else 0
+
+
+def _shard(suite, shard: str | None):
+    """(the suite or the part ``--shard I/N`` picks of it, ``I/N`` as written in results)."""
+    if not shard:
+        return suite, None
+    from pinning.harness.shard import parse_shard, select
+
+    index, count = parse_shard(shard)
+    return select(suite, index, count), f"{index}/{count}"
 
 
 def _say_partial(why: str, report, suite) -> None:

@@ -1,0 +1,521 @@
+"""``--cluster ADDRESS|local:N``: cells on the workers of a dask.distributed cluster.
+
+A *cell* is the unit that never splits across machines: for ``pinbench run`` one
+benchmark with all its pyperf worker processes (:func:`pinning.harness.runner.run_cell`),
+for ``compare-branches`` the A/B pair of one benchmark with its interleaved rounds. Each
+runs whole on one dask worker, so a benchmark's measured values never mix hosts. dask
+does the placement, the work stealing and the recovery; this module only says what a
+cell needs and watches it:
+
+* **Resources.** A cell asks for ``cell=1`` (a worker declares ``cell=1``, so it runs one
+  cell at a time and timings do not compete), ``memory_gib`` (the preflight estimate of
+  the benchmark: :meth:`Backing.bytes_needed <pinning.harness.backings.Backing.bytes_needed>`),
+  ``kvm=1`` for a kvm benchmark (only workers on a host with /dev/kvm declare it), and the
+  *canary token* below. ``local:N`` starts N single-threaded workers here, each declaring
+  ``cell=1``, its 1/N share of the usable memory and ``kvm=1`` where /dev/kvm works.
+* **Determinism canary.** Before a worker gets a cell it runs a small reference
+  lifecycle of every strategy (:func:`canary_counts`); only if its modelled counts equal
+  the client's is it given the token resource every cell asks for. A worker whose counts
+  differ (another pinbench, numba or numpy) is refused by name with the differing
+  counters; a worker that joins later is checked the same way.
+* **Keys.** Every cell is submitted with a key of its own (``pure=False``): an A/A pair's
+  identical halves, or the same benchmark twice, are never merged by dask's key hashing.
+* **A lost worker.** The scheduler re-runs a cell whose worker died (``local:N`` allows
+  one such failure, ``distributed.scheduler.allowed-failures: 1``); the client counts the
+  starts each cell reports and cancels a cell started a third time (a scheduler of one's
+  own may allow more), so a cell is retried once, elsewhere. Only a finished attempt's
+  result is taken: a cell is never counted twice. The bench script dies with its worker
+  (:func:`pinning.backends.libc.die_with_parent`).
+
+dask is an optional extra (``pip install -e '.[dask]'``); without it ``--cluster`` is one
+line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pinning.harness.backings import TABLE
+from pinning.harness.runner import CellResult, cell_outcome, run_cell
+from pinning.harness.suite import Suite
+from pinning.model.config import BenchConfig
+from pinning.model.names import InputError
+
+INSTALL = "pip install -e '.[dask]'"
+#: The resources a cell asks for (besides the canary token).
+CELL, MEMORY, KVM = "cell", "memory_gib", "kvm"
+#: The topic on which a cell says it started (worker, pid), for progress and retries.
+TOPIC = "pinbench-cell"
+#: Starts a cell may have: the first and one retry after its worker was lost.
+MAX_STARTS = 2
+#: How a worker is told to start, in every message that asks for one.
+WORKER_HINT = ("dask worker ADDRESS --nthreads 1 --resources 'cell=1 memory_gib=GIB' "
+               "(add kvm=1 on a host with /dev/kvm)")
+#: Seconds to wait for a scheduler to answer, and for its first worker.
+CONNECT_TIMEOUT_S = 10
+#: The canary's guest: small enough to take a moment, large enough to fault, pin,
+#: prefetch and tear down on every strategy.
+CANARY_GUEST = 64 << 20
+
+
+def _distributed():
+    """dask.distributed, or the one line that says how to install it."""
+    try:
+        import distributed
+    except ImportError:
+        raise InputError(f"--cluster needs dask.distributed, which is not installed: "
+                         f"{INSTALL}") from None
+    return distributed
+
+
+# -- the determinism canary ----------------------------------------------------------------
+
+def canary_configs() -> list[BenchConfig]:
+    """The reference lifecycles of the canary: every strategy, one small random guest."""
+    from pinning.model import strategies
+
+    return [BenchConfig(workload="lifecycle", strategy=name, guest_size=CANARY_GUEST,
+                        pattern="random", vcpus=2) for name in strategies.names()]
+
+
+def canary_counts() -> dict[str, dict[str, int]]:
+    """The modelled counters of :func:`canary_configs`, by strategy: what a worker must
+    reproduce exactly to be given cells."""
+    from pinning.model.costs import load_profile
+    from pinning.model.lifecycle import run_lifecycle
+
+    profile = load_profile()
+    return {c.strategy: {k: int(v) for k, v in run_lifecycle(c, profile).counters().items()}
+            for c in canary_configs()}
+
+
+def canary_differences(expected: dict[str, dict[str, int]],
+                       got: dict[str, dict[str, int]]) -> list[str]:
+    """Each counter that differs, as ``strategy counter worker != client``."""
+    out = []
+    for strategy in sorted({*expected, *got}):
+        want, have = expected.get(strategy, {}), got.get(strategy, {})
+        for key in sorted({*want, *have}):
+            if want.get(key) != have.get(key):
+                out.append(f"{strategy} {key} {have.get(key, 'missing')} != "
+                           f"{want.get(key, 'missing')}")
+    return out
+
+
+def canary_token(expected: dict[str, dict[str, int]]) -> str:
+    """The resource a worker is given once its counts match ``expected``."""
+    digest = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()
+    return f"pinbench-canary-{digest[:12]}"
+
+
+def _canary_task() -> dict[str, Any]:
+    """On a worker: its canary counts (looked up at call time, so a test may forge them)."""
+    return sys.modules[__name__].canary_counts()
+
+
+async def _grant(token: str, dask_worker=None) -> None:
+    """On a worker: add the canary token to its resources."""
+    await dask_worker.set_resources(**{token: 1})
+
+
+# -- one cell on a worker -------------------------------------------------------------------
+
+def _cell_task(cell_id: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """On a worker: say the cell started (for progress and the retry count), then run
+    ``fn(worker_name, workdir, *args)``."""
+    distributed = _distributed()
+    worker = distributed.get_worker()
+    name = str(worker.name)
+    # the scheduler adds the worker's address to the message as "worker"
+    worker.log_event(TOPIC, {"id": cell_id, "name": name, "pid": os.getpid()})
+    return fn(name, Path(worker.local_directory), *args)
+
+
+def _bench_cell(worker: str, workdir: Path, config: BenchConfig, suite: Suite,
+                cost_profile: str | None) -> CellResult:
+    """A ``pinbench run`` cell: one benchmark (:func:`pinning.harness.runner.run_cell`)."""
+    return run_cell(config, suite, cost_profile, workdir, worker=worker)
+
+
+# -- the cluster ----------------------------------------------------------------------------
+
+def parse_spec(spec: str) -> tuple[str, int | str]:
+    """``local:N`` -> ("local", N); anything else -> ("address", spec)."""
+    if spec.startswith("local:"):
+        text = spec.removeprefix("local:")
+        if not text.isdigit() or int(text) < 1:
+            raise InputError(f"--cluster {spec}: local:N needs a whole number of workers "
+                             "N >= 1, e.g. local:2")
+        return "local", int(text)
+    if not spec or spec.isspace() or " " in spec:
+        raise InputError(f"--cluster {spec!r}: expected a scheduler address "
+                         "(tcp://HOST:PORT) or local:N")
+    return "address", spec
+
+
+def local_resources(n_workers: int) -> dict[str, float]:
+    """What each of ``local:N``'s workers declares: one cell at a time, a 1/N share of the
+    memory a run may use here (two cells at once must both fit), kvm where it works."""
+    from pinning.backends.hostmem import usable_memory
+
+    usable, _ = usable_memory()
+    res = {CELL: 1.0, MEMORY: math.floor(usable / n_workers / (1 << 30) * 100) / 100}
+    if TABLE["kvm"].unavailable() is None:
+        res[KVM] = 1.0
+    return res
+
+
+def cell_resources(config: BenchConfig) -> dict[str, float]:
+    """What a benchmark's cell asks of its worker (without the canary token)."""
+    need = TABLE[config.backing].bytes_needed(config)
+    res = {CELL: 1.0, MEMORY: math.ceil(need / (1 << 30) * 100) / 100}
+    if config.backing == "kvm":
+        res[KVM] = 1.0
+    return res
+
+
+@dataclass
+class Job:
+    """One cell to run: its name, what runs it on the worker, what it needs."""
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple
+    resources: dict[str, float]
+    #: what a skipped or failed cell gives back: (name, status, why) -> result
+    fallback: Callable[[str, str, str], Any]
+
+
+@dataclass
+class Outcome:
+    """A finished cell: its result (or the fallback's), where it ran, how many starts."""
+
+    job: Job
+    result: Any
+    worker: str
+    attempts: int
+
+
+@dataclass
+class _Worker:
+    name: str
+    resources: dict[str, float]
+    state: str = "checking"  # checking, accepted, refused, unusable
+    done: int = 0
+    busy_s: float = 0.0
+    running: str = ""
+
+
+@dataclass
+class _Watch:
+    """What the client knows of the cells: starts reported by the workers."""
+
+    # the handler runs on the client's event-loop thread: a queue hands events over
+    events: queue.Queue = field(default_factory=queue.Queue)
+
+    def __call__(self, event: tuple[float, dict]) -> None:  # the client's event thread
+        self.events.put(event[1])
+
+
+class ClusterRun:
+    """A connection to a cluster (a LocalCluster of our own for ``local:N``), its canary
+    bookkeeping and its progress lines; a context manager that closes what it opened."""
+
+    def __init__(self, spec: str, stream=None,
+                 describe: Callable[[Job, Any], str] = lambda job, result: str(result)
+                 ) -> None:
+        self.spec = spec
+        self.describe = describe  # a finished cell's outcome, for its progress line
+        self.stream = stream or sys.stderr
+        self.cluster = None
+        self.client = None
+        self.workers: dict[str, _Worker] = {}  # address -> worker
+        self.expected: dict[str, dict[str, int]] = {}
+        self.token = ""
+        self._canaries: dict[str, Any] = {}  # address -> future
+        self._watch = _Watch()
+        self._last_scan = 0.0
+
+    # -- setup --------------------------------------------------------------------------
+    def __enter__(self) -> ClusterRun:
+        distributed = _distributed()
+        kind, value = parse_spec(self.spec)
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        try:
+            if kind == "local":
+                import dask
+
+                # One retry of a cell whose worker died, then KilledWorker.
+                with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+                    self.cluster = distributed.LocalCluster(
+                        n_workers=int(value), threads_per_worker=1, processes=True,
+                        resources=local_resources(int(value)), dashboard_address=":0",
+                        silence_logs=logging.ERROR)
+                self.client = distributed.Client(self.cluster)
+            else:
+                self.client = distributed.Client(str(value), timeout=f"{CONNECT_TIMEOUT_S}s")
+        except InputError:
+            raise
+        except (OSError, TimeoutError, ValueError, TypeError, RuntimeError) as exc:
+            self.close()
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if kind == "local":
+                raise InputError(f"--cluster {self.spec}: the local workers did not start "
+                                 f"({why})") from None
+            raise InputError(f"--cluster {self.spec}: no dask scheduler answered ({why}); "
+                             "start one with `dask scheduler`, or use --cluster local:N") \
+                from None
+        self.client.subscribe_topic(TOPIC, self._watch)
+        try:
+            self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+        except (TimeoutError, OSError):
+            self.close()
+            raise InputError(f"--cluster {self.spec}: the scheduler has no worker after "
+                             f"{CONNECT_TIMEOUT_S} s; start one with {WORKER_HINT}") from None
+        link = self.client.dashboard_link
+        self.say(f"dask cluster {self.spec}: dashboard {link}" if link else
+                 f"dask cluster {self.spec}: no dashboard (pip install bokeh for one)")
+        self.expected = canary_counts()
+        self.token = canary_token(self.expected)
+        self._scan(wait=True)
+        if not any(w.state == "accepted" for w in self.workers.values()):
+            self.close()
+            states = "; ".join(f"{w.name}: {w.state}" for w in self.workers.values())
+            raise InputError(f"--cluster {self.spec}: no worker can take cells ({states}); "
+                             f"start one with {WORKER_HINT}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the client and the cluster we started (never a cluster of one's own)."""
+        for thing in (self.client, self.cluster):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # closing after a lost scheduler: nothing left to close
+                    pass
+        self.client = self.cluster = None
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    # -- workers and the canary -----------------------------------------------------------
+    def _scan(self, wait: bool = False) -> None:
+        """Find new workers, run the canary on each, grant the token or refuse it."""
+        self._last_scan = time.monotonic()
+        info = self.client.scheduler_info(n_workers=-1)["workers"]
+        for addr, w in info.items():
+            if addr in self.workers:
+                continue
+            worker = _Worker(str(w.get("name", addr)), dict(w.get("resources") or {}))
+            self.workers[addr] = worker
+            lacking = [r for r in (CELL, MEMORY) if worker.resources.get(r, 0) <= 0]
+            if lacking:
+                worker.state = "unusable"
+                self.say(f"worker {worker.name}: not used, it declares no "
+                         f"{' or '.join(lacking)} resource (start it with {WORKER_HINT})")
+                continue
+            self._canaries[addr] = self.client.submit(
+                _canary_task, key=f"pinbench-canary-{uuid.uuid4().hex}", pure=False,
+                workers=[addr], allow_other_workers=False, resources={CELL: 1})
+        for addr in list(self._canaries):
+            fut = self._canaries[addr]
+            if wait:
+                try:
+                    fut.result()
+                except Exception:
+                    pass
+            if not fut.done():
+                continue
+            del self._canaries[addr]
+            worker = self.workers[addr]
+            try:
+                got = fut.result()
+            except Exception as exc:
+                worker.state = "refused"
+                self.say(f"worker {worker.name} refused: its canary failed "
+                         f"({type(exc).__name__}: {exc})")
+                continue
+            diffs = canary_differences(self.expected, got)
+            if diffs:
+                worker.state = "refused"
+                more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+                self.say(f"worker {worker.name} refused: its modelled counts differ from "
+                         f"this machine's ({'; '.join(diffs[:3])}{more}; worker != client)")
+                continue
+            try:
+                self.client.run(_grant, self.token, workers=[addr])
+            except Exception as exc:  # it left meanwhile
+                worker.state = "refused"
+                self.say(f"worker {worker.name}: lost before it could take cells ({exc})")
+                continue
+            worker.state = "accepted"
+            self.say(f"worker {worker.name} accepted: its canary counts match "
+                     f"({len(self.expected)} strategies)")
+
+    def unmet(self, resources: dict[str, float]) -> str | None:
+        """Why no accepted worker could take a cell asking ``resources``; None if one can."""
+        accepted = [w for w in self.workers.values() if w.state == "accepted"]
+        if any(all(w.resources.get(k, 0) >= v for k, v in resources.items())
+               for w in accepted):
+            return None
+        if resources.get(KVM) and not any(w.resources.get(KVM) for w in accepted):
+            return ("no accepted worker has /dev/kvm (start one on a KVM host with "
+                    "--resources 'kvm=1 ...')")
+        most = max((w.resources.get(MEMORY, 0) for w in accepted), default=0)
+        return (f"it needs {resources.get(MEMORY, 0):g} GiB and the largest accepted worker "
+                f"offers memory_gib={most:g}")
+
+    # -- the cells ------------------------------------------------------------------------
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        """Submit every job (those no worker could take are skipped at once) and yield
+        each as it finishes, with the progress lines."""
+        distributed = _distributed()
+        total = len(jobs)
+        futures: dict[str, tuple[Job, Any]] = {}
+        starts: Counter[str] = Counter()
+        where: dict[str, str] = {}
+        running: dict[str, float] = {}
+        done = 0
+
+        def status() -> str:
+            queued = len(futures) - len(running)
+            return f"done {done}, running {len(running)}, queued {queued}"
+
+        def line(job: Job, text: str, worker: str) -> None:
+            self.say(f"[{done}/{total}] {job.name}" + (f" on {worker}" if worker else "")
+                     + f": {text}  ({status()})")
+
+        for job in jobs:
+            why = self.unmet(job.resources)
+            if why:
+                done += 1
+                line(job, f"skipped: {why}", "")
+                yield Outcome(job, job.fallback(job.name, "skipped", why), "", 0)
+                continue
+            cell_id = f"pinbench-cell-{uuid.uuid4().hex}"
+            fut = self.client.submit(_cell_task, cell_id, job.fn, *job.args, key=cell_id,
+                                     pure=False, resources={**job.resources, self.token: 1})
+            futures[cell_id] = (job, fut)
+        last_table = time.monotonic()
+        try:
+            while futures:
+                while True:
+                    try:
+                        event = self._watch.events.get_nowait()
+                    except queue.Empty:
+                        break
+                    cell_id = event.get("id")
+                    if cell_id not in futures:
+                        continue
+                    starts[cell_id] += 1
+                    job = futures[cell_id][0]
+                    previous = self._name(where.get(cell_id, ""))
+                    where[cell_id] = event.get("worker", "")
+                    running[cell_id] = time.monotonic()
+                    self._set_running(where[cell_id], job.name)
+                    if starts[cell_id] > 1:
+                        self.say(f"{job.name}: worker {previous} was lost mid-cell; "
+                                 f"started again on {event.get('name')} "
+                                 f"(attempt {starts[cell_id]} of {MAX_STARTS})")
+                    if starts[cell_id] > MAX_STARTS:
+                        futures[cell_id][1].cancel()
+                for cell_id, (job, fut) in list(futures.items()):
+                    if not fut.done():
+                        continue
+                    del futures[cell_id]
+                    t0 = running.pop(cell_id, None)
+                    self._finished(where.get(cell_id, ""), t0)
+                    worker = self._name(where.get(cell_id, ""))
+                    attempts = max(starts[cell_id], 1)
+                    try:
+                        result = fut.result()
+                    except distributed.KilledWorker:
+                        result = job.fallback(job.name, "failed", f"its worker was lost "
+                                              f"{MAX_STARTS} times (dask KilledWorker)")
+                    except Exception as exc:
+                        if starts[cell_id] > MAX_STARTS:
+                            why = f"its worker was lost {MAX_STARTS} times; not run again"
+                        else:
+                            why = (f"{type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                        result = job.fallback(job.name, "failed", why)
+                    done += 1
+                    yield Outcome(job, result, worker, attempts)
+                    line(job, self.describe(job, result), worker)
+                if time.monotonic() - self._last_scan > 2:
+                    self._scan()
+                if time.monotonic() - last_table > 30 and futures:
+                    last_table = time.monotonic()
+                    self.say(self.worker_table())
+                time.sleep(0.1)
+        finally:
+            for _, fut in futures.values():
+                fut.cancel()
+        self.say(self.worker_table())
+
+    def _name(self, address: str) -> str:
+        """A worker's name (its address if it is not known)."""
+        worker = self.workers.get(address)
+        return worker.name if worker else address
+
+    def _set_running(self, address: str, name: str) -> None:
+        if address in self.workers:
+            self.workers[address].running = name
+
+    def _finished(self, address: str, t0: float | None) -> None:
+        worker = self.workers.get(address)
+        if worker is not None:
+            worker.done += 1
+            worker.running = ""
+            if t0 is not None:
+                worker.busy_s += time.monotonic() - t0
+
+    def worker_table(self) -> str:
+        """Per worker: its state, cells done, what it runs now, seconds busy."""
+        rows = [f"  {w.name:<24} {w.state:<9} {w.done:>4} done  {w.busy_s:7.0f} s busy  "
+                f"{'running ' + w.running if w.running else 'idle'}"
+                for w in self.workers.values()]
+        return "workers:\n" + "\n".join(rows)
+
+
+# -- pinbench run --cluster -----------------------------------------------------------------
+
+def run_cells(spec: str, todo: Sequence[BenchConfig], suite: Suite,
+              cost_profile: str | None, stream=None) -> Iterator[CellResult]:
+    """The cells of ``todo`` on the cluster ``spec``, yielded as they finish (the
+    ``--cluster`` side of :func:`pinning.harness.runner.run_suite`)."""
+    by_name = {c.name: c for c in todo}
+
+    def fallback(name: str, status: str, why: str) -> CellResult:
+        return CellResult(name, status, why)
+
+    jobs = [Job(c.name, _bench_cell, (c, suite, cost_profile), cell_resources(c), fallback)
+            for c in todo]
+    describe = lambda job, cell: cell_outcome(cell, by_name[job.name])  # noqa: E731
+    with ClusterRun(spec, stream, describe) as run:
+        for outcome in run.run(jobs):
+            cell = outcome.result
+            cell.attempts = outcome.attempts
+            if outcome.worker and cell.worker == "local":
+                cell.worker = outcome.worker
+            yield cell
+
+
+__all__ = ["ClusterRun", "Job", "Outcome", "canary_counts", "canary_differences",
+           "cell_resources", "local_resources", "parse_spec", "run_cells"]
