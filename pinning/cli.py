@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         "medians, Holm-adjusted over the benchmarks, verdict (or 'cannot tell' when no change "
         "could be significant with so few processes, with how many are needed), the smallest "
         "detectable change, the geometric mean's own verdict; modelled metrics exactly, "
-        "listed first. Exit 0 when no "
+        "listed first, whatever the hosts; measured values only of benchmarks that ran on "
+        "one host, the same on both sides (pyperf's hostname). Exit 0 when no "
         "benchmark is significantly slower by more than the threshold, 1 when one is, "
         "2 for unusable input.")
     cmp.add_argument("base", metavar="BASE.json")
@@ -160,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--format", dest="fmt", choices=("text", "md", "json"), default="text")
     cmp.add_argument("--fail-on-model-change", action="store_true",
                      help="also exit 1 when any event count or modelled time changed")
+    cmp.add_argument("--across-hosts", action="store_true",
+                     help="also compare measured values of benchmarks that ran on different "
+                          "hosts (by default only modelled values are compared across hosts)")
     cmp.set_defaults(func=cmd_compare)
 
     br = sub.add_parser(
@@ -225,7 +229,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pinning.analysis.compare import parse_threshold
 
     return compare_main(args.base, args.head, threshold=parse_threshold(args.threshold),
-                        fmt=args.fmt, fail_on_model_change=args.fail_on_model_change)
+                        fmt=args.fmt, fail_on_model_change=args.fail_on_model_change,
+                        across_hosts=args.across_hosts)
 
 
 def cmd_compare_branches(args: argparse.Namespace) -> int:

@@ -333,6 +333,40 @@ def test_aa_run_passes_and_prints_the_noise_floor(repo, tmpdir_empty, suite_file
 
 
 @needs_jit
+def test_aa_pairs_on_a_cluster_each_run_whole_on_one_worker(repo, tmpdir_empty, suite_file,
+                                                            tmp_path, capsys):
+    pytest.importorskip("distributed", reason="dask.distributed is not installed "
+                        "(pip install -e '.[dask]')")
+    import pyperf
+
+    out = tmp_path / "out"
+    small = tmp_path / "small.toml"  # the tiny suite at 1 GiB, 2 values: placement, not speed
+    small.write_text(TINY_SUITE.replace("8GiB", "1GiB").replace("values = 5", "values = 2")
+                     .replace("warmups = 1", "warmups = 0"))
+    status = branches.main("main", aa=True, suite=str(small), repo=repo, deps="current",
+                           outdir=out, cluster="local:2")
+    std = capsys.readouterr()
+    assert status == 0, std.out + std.err
+    # one cell per benchmark: the A/A pair of each, with both sides' rounds in it
+    cells = [ln for ln in std.err.splitlines() if re.match(r"\[\d/2\] \S+ on \S+: ", ln)]
+    names = [n.replace("8GiB", "1GiB") for n in (SLOW, STEADY)]
+    assert sorted(ln.split()[1] for ln in cells) == sorted(names)
+    sides = {label: {b.get_name(): b for b in
+                     pyperf.BenchmarkSuite.load(str(out / f"{label}.json")).get_benchmarks()}
+             for label in ("base", "head")}
+    for name in names:
+        a1, a2 = sides["base"][name], sides["head"][name]
+        workers = {r.get_metadata()["pinbench.worker"] for r in [*a1.get_runs(),
+                                                                 *a2.get_runs()]}
+        assert len(workers) == 1 and workers != {"local"}  # the pair on one dask worker
+        # the identical halves ran twice: two sets of runs, not one result handed to both
+        dates = [{r.get_metadata()["date"] for r in b.get_runs()} for b in (a1, a2)]
+        assert dates[0].isdisjoint(dates[1])
+    assert "noise floor" in std.out
+    assert_clean(repo, tmpdir_empty)
+
+
+@needs_jit
 def test_failing_benchmark_is_named_left_out_and_cleaned_up(repo, tmpdir_empty, suite_file,
                                                             tmp_path, capsys):
     out = tmp_path / "out"

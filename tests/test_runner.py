@@ -297,7 +297,7 @@ class FakeWorkers:
         self.stop_at = stop_at
         self.fail = fail
 
-    def __call__(self, cmd: list[str]) -> tuple[bool, str]:
+    def __call__(self, cmd: list[str], env: dict[str, str] | None = None) -> tuple[bool, str]:
         config = _config_of(cmd)
         if self.stop_at is not None and len(self.ran) + 1 == self.stop_at:
             raise KeyboardInterrupt

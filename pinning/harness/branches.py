@@ -46,7 +46,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -243,12 +243,13 @@ def one_bench_toml(suite: Suite, config: BenchConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_bench(side: Side, name: str, suite_file: Path, part: Path, cwd: Path) -> str:
+def _run_bench(side: Side, name: str, suite_file: Path, part: Path, cwd: Path,
+               extra_env: dict[str, str] | None = None) -> str:
     """Run one benchmark on one side, record its part file or its failure; the outcome."""
     assert side.venv is not None
     t0 = time.monotonic()
     proc = _run([side.venv / "bin" / "pinbench", "run", "--suite", suite_file, "-o", part],
-                env=_side_env(side.venv), cwd=cwd)
+                env={**_side_env(side.venv), **(extra_env or {})}, cwd=cwd)
     wall = time.monotonic() - t0
     if proc.returncode == 0 and part.is_file():
         import pyperf
@@ -380,8 +381,11 @@ def format_noise(noise: dict[str, object], threshold: float, level: str = "95 %"
 def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
          outdir: str | Path | None = None, aa: bool = False, threshold: float = 0.05,
          repo: str | Path = ".", deps: str = "install",
-         fail_on_model_change: bool = False) -> int:
+         fail_on_model_change: bool = False, cluster: str | None = None) -> int:
     """Benchmark ``base_ref`` and ``head_ref`` (default HEAD) interleaved, compare them.
+
+    With ``cluster`` (``ADDRESS`` or ``local:N``) each benchmark's pair runs on one worker
+    of a dask.distributed cluster whose workers see this file system.
 
     Writes ``base.json``, ``head.json``, ``compare.{md,json,txt}`` and
     ``report-base/``, ``report-head/`` into ``outdir`` (default
@@ -420,6 +424,11 @@ def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
         raise InputError(f"{out / taken[0]} exists: choose another output directory")
     import pinning.analysis.compare  # noqa: F401  (fail now, not after the benchmarks)
 
+    if cluster is not None:
+        from pinning.harness.cluster import check_spec
+
+        check_spec(cluster)
+
     tmp = Path(tempfile.mkdtemp(prefix="pinbench-branches-"))
     worktrees: list[Path] = []
     # A cancelled CI job gets SIGTERM, not Ctrl-C: clean up the same way.
@@ -435,7 +444,7 @@ def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
             worktrees.append(path)
             _add_worktree(root, side, path)
             _make_venv(side, deps, tmp)
-        _run_interleaved(the_suite, base, head, tmp)
+        _run_interleaved(the_suite, base, head, tmp, cluster)
         return _finish(the_suite, base, head, out, threshold, aa, fail_on_model_change)
     except KeyboardInterrupt:
         done = [c.name for c in the_suite.benchmarks
@@ -457,46 +466,123 @@ def _terminated(signum: int, frame: object) -> None:
 ROUNDS = 4
 
 
-def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path) -> None:
+def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path,
+                     cluster: str | None = None) -> None:
     """Each benchmark on both sides in rounds of worker processes, alternating the sides.
 
     The worker process is the unit of ``compare``'s statistics, so the sides alternate
     round by round (A B, B A, A B, B A), each round a share of the suite's processes: a
     burst of load on this shared machine then lands on both sides' processes alike
     instead of on all of one side's. A side's processes of a benchmark are merged into one
-    pyperf benchmark afterwards.
+    pyperf benchmark afterwards. One benchmark's pair -- every round of both sides -- is
+    one cell (:func:`pair_cell`): here, one after the other, or with ``cluster`` on one
+    dask worker each (:mod:`pinning.harness.cluster`), so a pair never spans two hosts.
     """
     configs = suite.benchmarks
     total = len(configs)
-    # Up to ROUNDS rounds per benchmark: every `pinbench run` costs ~1 s besides its
-    # workers, so 8 processes go as 4 rounds of 2 (A B, B A, A B, B A).
-    rounds = min(max(1, suite.processes), ROUNDS)
-    sizes = [suite.processes // rounds + (r < suite.processes % rounds) for r in range(rounds)]
     (tmp / "suites").mkdir()
     for side in (base, head):
         (tmp / "parts" / side.label).mkdir(parents=True)
     cwd = Path.cwd()
-    for i, config in enumerate(configs, start=1):
-        name = config.name
-        rounds_done: dict[str, list[Path]] = {base.label: [], head.label: []}
-        for r in range(rounds):
-            suite_file = tmp / "suites" / f"{i}.{r}.toml"
-            suite_file.write_text(one_bench_toml(replace(suite, processes=sizes[r]), config))
-            order = (base, head) if (i + r) % 2 else (head, base)
-            for side in order:
-                if name in side.failed:
-                    continue
-                part = tmp / "parts" / side.label / f"{i}.{r}.json"
-                outcome = _run_bench(side, name, suite_file, part, cwd)
-                if name in side.parts:
-                    rounds_done[side.label].append(side.parts.pop(name))
-                where = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
-                print(f"[{i}/{total}] {name}  {side.display}{where}: {outcome}",
-                      file=sys.stderr, flush=True)
-        for side in (base, head):
-            done = rounds_done[side.label]
-            if name not in side.failed and done:
-                side.parts[name] = _merge_runs(done, tmp / "parts" / side.label / f"{i}.json")
+    if cluster is None:
+        for i, config in enumerate(configs, start=1):
+            def say(line: str, i: int = i) -> None:
+                print(f"[{i}/{total}] {line}", file=sys.stderr, flush=True)
+
+            _apply(pair_cell("local", tmp, i, config, suite, base, head, tmp, cwd, say),
+                   base, head, config.name)
+        return
+    from pinning.harness.cluster import Job, cell_resources, run_jobs
+
+    def fallback(name: str, status: str, why: str) -> PairResult:
+        return PairResult(outcome={base.label: why, head.label: why})
+
+    jobs = [Job(c.name, _pair_job, (i, c, suite, base, head, tmp, cwd), cell_resources(c),
+                fallback) for i, c in enumerate(configs, start=1)]
+    names = {c.name: c for c in configs}
+    for outcome in run_jobs(cluster, jobs, describe=_describe_pair):
+        for line in outcome.result.lines:
+            print(f"  {line}", file=sys.stderr, flush=True)
+        _apply(outcome.result, base, head, names[outcome.job.name].name)
+
+
+@dataclass
+class PairResult:
+    """What one pair cell gave: each side's merged part file, or why it has none."""
+
+    parts: dict[str, Path] = field(default_factory=dict)  # side label -> part file
+    outcome: dict[str, str] = field(default_factory=dict)  # side label -> why it failed
+    lines: list[str] = field(default_factory=list)  # its progress lines (on a cluster)
+
+
+def _describe_pair(job, result: PairResult) -> str:
+    """A pair cell's progress line on a cluster."""
+    if result.outcome:
+        return "; ".join(f"{label} FAILED: {why}" for label, why in result.outcome.items())
+    return f"both sides ran ({len(result.lines)} runs)"
+
+
+def _pair_job(worker: str, workdir: Path, i: int, config: BenchConfig, suite: Suite,
+              base: Side, head: Side, tmp: Path, cwd: Path) -> PairResult:
+    """On a dask worker: one pair cell, its progress lines kept for the client."""
+    for side in (base, head):
+        if side.venv is None or not side.venv.is_dir():
+            why = (f"worker {worker} cannot see {side.venv}: compare-branches --cluster "
+                   "needs workers that share this machine's file system")
+            return PairResult(outcome={base.label: why, head.label: why})
+    lines: list[str] = []
+    return pair_cell(worker, workdir, i, config, suite, base, head, tmp, cwd, lines.append,
+                     lines)
+
+
+def pair_cell(worker: str, workdir: Path, i: int, config: BenchConfig, suite: Suite,
+              base: Side, head: Side, tmp: Path, cwd: Path, say: Callable[[str], None],
+              lines: list[str] | None = None) -> PairResult:
+    """One benchmark on both sides, its rounds interleaved: the part file of each side
+    (its rounds' processes merged into one benchmark) or why it failed.
+
+    ``base`` and ``head`` are only read (on a cluster they are the worker's copies);
+    their processes carry ``worker`` (:data:`pinning.harness.bench.WORKER_ENV`).
+    """
+    from pinning.harness.bench import WORKER_ENV
+
+    name = config.name
+    # Up to ROUNDS rounds per benchmark: every `pinbench run` costs ~1 s besides its
+    # workers, so 8 processes go as 4 rounds of 2 (A B, B A, A B, B A).
+    rounds = min(max(1, suite.processes), ROUNDS)
+    sizes = [suite.processes // rounds + (r < suite.processes % rounds) for r in range(rounds)]
+    sides = {side.label: replace(side, parts={}, failed={}) for side in (base, head)}
+    done: dict[str, list[Path]] = {label: [] for label in sides}
+    for r in range(rounds):
+        suite_file = tmp / "suites" / f"{i}.{r}.toml"
+        suite_file.write_text(one_bench_toml(replace(suite, processes=sizes[r]), config))
+        order = (base, head) if (i + r) % 2 else (head, base)
+        for side in (sides[s.label] for s in order):
+            if name in side.failed:
+                continue
+            part = tmp / "parts" / side.label / f"{i}.{r}.json"
+            outcome = _run_bench(side, name, suite_file, part, cwd, {WORKER_ENV: worker})
+            if name in side.parts:
+                done[side.label].append(side.parts.pop(name))
+            where = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
+            say(f"{name}  {side.display}{where}: {outcome}")
+    result = PairResult(lines=lines if lines is not None else [])
+    for label, side in sides.items():
+        if name in side.failed:
+            result.outcome[label] = side.failed[name]
+        elif done[label]:
+            result.parts[label] = _merge_runs(done[label],
+                                              tmp / "parts" / label / f"{i}.json")
+    return result
+
+
+def _apply(result: PairResult, base: Side, head: Side, name: str) -> None:
+    """Enter a pair cell's outcome in the sides."""
+    for side in (base, head):
+        if side.label in result.outcome:
+            side.failed[name] = result.outcome[side.label]
+        elif side.label in result.parts:
+            side.parts[name] = result.parts[side.label]
 
 
 def _merge_runs(parts: Sequence[Path], output: Path) -> Path:

@@ -39,7 +39,9 @@ import logging
 import math
 import os
 import queue
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -126,9 +128,9 @@ def _canary_task() -> dict[str, Any]:
     return sys.modules[__name__].canary_counts()
 
 
-async def _grant(token: str, dask_worker=None) -> None:
-    """On a worker: add the canary token to its resources."""
-    await dask_worker.set_resources(**{token: 1})
+async def _set_token(token: str, amount: float, dask_worker=None) -> None:
+    """On a worker: give it the canary token (1) or take it back (0)."""
+    await dask_worker.set_resources(**{token: amount})
 
 
 # -- one cell on a worker -------------------------------------------------------------------
@@ -248,6 +250,7 @@ class ClusterRun:
         self._canaries: dict[str, Any] = {}  # address -> future
         self._watch = _Watch()
         self._last_scan = 0.0
+        self._scratch: str | None = None  # local:N's workers' directory, removed at close
 
     # -- setup --------------------------------------------------------------------------
     def __enter__(self) -> ClusterRun:
@@ -258,12 +261,15 @@ class ClusterRun:
             if kind == "local":
                 import dask
 
+                self._scratch = tempfile.mkdtemp(prefix="pinbench-dask-")
                 # One retry of a cell whose worker died, then KilledWorker.
-                with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+                # The scratch space (spill, locks) in a directory of its own, removed at close.
+                with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                                      "temporary-directory": self._scratch}):
                     self.cluster = distributed.LocalCluster(
                         n_workers=int(value), threads_per_worker=1, processes=True,
                         resources=local_resources(int(value)), dashboard_address=":0",
-                        silence_logs=logging.ERROR)
+                        local_directory=self._scratch, silence_logs=logging.ERROR)
                 self.client = distributed.Client(self.cluster)
             else:
                 self.client = distributed.Client(str(value), timeout=f"{CONNECT_TIMEOUT_S}s")
@@ -310,6 +316,9 @@ class ClusterRun:
                 except Exception:  # closing after a lost scheduler: nothing left to close
                     pass
         self.client = self.cluster = None
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def say(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
@@ -354,12 +363,14 @@ class ClusterRun:
             diffs = canary_differences(self.expected, got)
             if diffs:
                 worker.state = "refused"
+                # It may hold the token from an earlier run, when its counts still matched.
+                self.client.run(_set_token, self.token, 0, workers=[addr])
                 more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
                 self.say(f"worker {worker.name} refused: its modelled counts differ from "
                          f"this machine's ({'; '.join(diffs[:3])}{more}; worker != client)")
                 continue
             try:
-                self.client.run(_grant, self.token, workers=[addr])
+                self.client.run(_set_token, self.token, 1, workers=[addr])
             except Exception as exc:  # it left meanwhile
                 worker.state = "refused"
                 self.say(f"worker {worker.name}: lost before it could take cells ({exc})")
@@ -494,7 +505,20 @@ class ClusterRun:
         return "workers:\n" + "\n".join(rows)
 
 
-# -- pinbench run --cluster -----------------------------------------------------------------
+# -- entry points -------------------------------------------------------------------------
+
+def check_spec(spec: str) -> None:
+    """Refuse a bad ``--cluster`` value, or a missing dask, before any work is set up."""
+    _distributed()
+    parse_spec(spec)
+
+
+def run_jobs(spec: str, jobs: Sequence[Job], *, describe: Callable[[Job, Any], str],
+             stream=None) -> Iterator[Outcome]:
+    """Connect to the cluster ``spec``, run ``jobs`` on it, yield each as it finishes."""
+    with ClusterRun(spec, stream, describe) as run:
+        yield from run.run(jobs)
+
 
 def run_cells(spec: str, todo: Sequence[BenchConfig], suite: Suite,
               cost_profile: str | None, stream=None) -> Iterator[CellResult]:
@@ -508,14 +532,14 @@ def run_cells(spec: str, todo: Sequence[BenchConfig], suite: Suite,
     jobs = [Job(c.name, _bench_cell, (c, suite, cost_profile), cell_resources(c), fallback)
             for c in todo]
     describe = lambda job, cell: cell_outcome(cell, by_name[job.name])  # noqa: E731
-    with ClusterRun(spec, stream, describe) as run:
-        for outcome in run.run(jobs):
-            cell = outcome.result
-            cell.attempts = outcome.attempts
-            if outcome.worker and cell.worker == "local":
-                cell.worker = outcome.worker
-            yield cell
+    for outcome in run_jobs(spec, jobs, describe=describe, stream=stream):
+        cell = outcome.result
+        cell.attempts = outcome.attempts
+        if outcome.worker and cell.worker == "local":
+            cell.worker = outcome.worker
+        yield cell
 
 
 __all__ = ["ClusterRun", "Job", "Outcome", "canary_counts", "canary_differences",
-           "cell_resources", "local_resources", "parse_spec", "run_cells"]
+           "cell_resources", "check_spec", "local_resources", "parse_spec", "run_cells",
+           "run_jobs"]

@@ -374,10 +374,13 @@ class CellResult:
 
 
 def run_cell(config: BenchConfig, suite: Suite, cost_profile: str | None, workdir: Path,
-             worker: str = "local") -> CellResult:
+             worker: str | None = None) -> CellResult:
     """Run one benchmark (the preflight check, then its bench script with all its pyperf
-    worker processes) on this host; what it gave. Runs here or on a dask worker."""
+    worker processes) on this host; what it gave. Runs here or on a dask worker
+    (``worker``, default: the one :data:`WORKER_ENV` names, e.g. for compare-branches'
+    pair cells, else "local")."""
     name = config.name
+    worker = worker or os.environ.get(WORKER_ENV) or "local"
     try:
         preflight(config, what=name)
     except InputError as exc:
