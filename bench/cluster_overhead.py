@@ -41,6 +41,8 @@ def main() -> None:
         cells = time.monotonic() - t1
         run.stream = quiet
         workers = {o.result for o in outcomes}
+        if len(outcomes) != args.cells:
+            raise SystemExit(f"{len(outcomes)} of {args.cells} cells came back")
     print(f"setup (local:{args.workers}: start, dashboard, canary on every worker): "
           f"{setup:.2f} s")
     print(f"{args.cells} empty cells on {len(workers)} workers: {cells:.2f} s wall, "

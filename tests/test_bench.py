@@ -29,6 +29,7 @@ SMOKE_ARGS = {
     # tests/test_qemu.py runs it end to end where QEMU is installed
     "qemu_peer.py": ["--sizes", "64MiB", "--values", "1", "--loops", "1", "--skip-missing"],
     "populate_vs_qemu.py": ["--sizes", "64MiB", "--repeat", "1"],
+    "cluster_overhead.py": ["--workers", "2", "--cells", "6"],
 }
 
 
@@ -55,7 +56,22 @@ def test_kernel_rates_quick(tmp_path):
 
 
 PYPERF_SCRIPTS = sorted(set(SMOKE_ARGS) - {"kernel_rates.py", "qemu_peer.py",
-                                            "populate_vs_qemu.py"})
+                                            "populate_vs_qemu.py", "cluster_overhead.py"})
+
+
+def test_cluster_overhead_smoke(tmp_path):
+    pytest.importorskip("distributed", reason="dask.distributed is not installed "
+                        "(pip install -e '.[dask]')")
+    proc = subprocess.run([sys.executable, str(BENCH / "cluster_overhead.py"),
+                           *SMOKE_ARGS["cluster_overhead.py"]],
+                          capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("setup (local:2: start, dashboard, canary on every worker): ")
+    # every cell came back (from one worker or both: dask decides)
+    assert lines[1].startswith(("6 empty cells on 1 workers: ", "6 empty cells on 2 workers: "))
+    assert lines[1].endswith("ms of scheduler overhead per cell (measured: wall x workers "
+                             "/ cells)")
 
 
 def test_populate_vs_qemu_smoke(tmp_path):
