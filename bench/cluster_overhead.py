@@ -3,8 +3,9 @@
 Starts ``--cluster local:N`` the way ``pinbench run`` does (workers, dashboard, the
 determinism canary on each), then runs ``--cells`` cells that do nothing through the
 same path as a benchmark's cell (unique key, resources, start event, result), and
-prints the setup wall time and the scheduler's overhead per cell: wall time of the
-cells x workers / cells, since a cell that does nothing is all overhead. Measured
+prints the setup wall time and the overhead per cell of dask's scheduler and pinbench's
+client (its start count, start event, the 0.1 s poll): wall time of the cells x workers
+used / cells, since a cell that does nothing is all overhead. Measured
 wall time of pinbench's and dask's own bookkeeping, not a cost of pinning.
 
     python bench/cluster_overhead.py [--workers 2] [--cells 200]
@@ -46,8 +47,8 @@ def main() -> None:
     print(f"setup (local:{args.workers}: start, dashboard, canary on every worker): "
           f"{setup:.2f} s")
     print(f"{args.cells} empty cells on {len(workers)} workers: {cells:.2f} s wall, "
-          f"{cells * args.workers / args.cells * 1e3:.1f} ms of scheduler overhead per cell "
-          "(measured: wall x workers / cells)")
+          f"{cells * len(workers) / args.cells * 1e3:.1f} ms of client + scheduler overhead "
+          "per cell (measured: wall x workers used / cells)")
 
 
 if __name__ == "__main__":

@@ -297,10 +297,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``pinbench run``: exit 0 if every benchmark ran (or was skipped for memory), 1 if one
     failed or none ran, 130 on Ctrl-C; the finished benchmarks of an unfinished run are
     kept in NAME.partial.json, which ``--resume`` completes."""
+    import signal
     import time
     from pathlib import Path
 
     from pinning.analysis.formatting import plural
+    from pinning.harness.bench import die_with_starter
     from pinning.harness.runner import check_resume, complete_path, read_partial, run_suite
     from pinning.harness.suite import load_suite
 
@@ -318,21 +320,23 @@ def cmd_run(args: argparse.Namespace) -> int:
                              f"{resume.cost_profile}, not {args.cost_profile}: resume it "
                              "with its own profile")
         cost_profile = args.cost_profile or resume.cost_profile
-        if args.shard and resume.shard and args.shard != resume.shard:
+        from pinning.harness.shard import parse_shard
+
+        if args.shard and resume.shard and parse_shard(args.shard) != parse_shard(resume.shard):
             raise InputError(f"{resume.path} is shard {resume.shard}, not {args.shard}: "
                              "resume it with its own shard")
-        suite, shard = _shard(suite, args.shard or resume.shard)
+        suite = _shard(suite, args.shard or resume.shard)
         output = Path(args.output) if args.output else complete_path(resume.path)
     else:
         suite = load_suite(args.suite or "quick")
         cost_profile = args.cost_profile
-        suite, shard = _shard(suite, args.shard)
+        suite = _shard(suite, args.shard)
         if args.output:
             output = Path(args.output)
         else:
             # The default lives in ./results, made here if missing (an explicit -o's
             # directory must exist: a typo there should not make a new tree).
-            part = f"-shard{shard.replace('/', 'of')}" if shard else ""
+            part = f"-shard{suite.shard.replace('/', 'of')}" if suite.shard else ""
             output = (Path("results")
                       / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}{part}.json")
             try:
@@ -340,10 +344,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise InputError(f"cannot make {output.parent}/ for the results "
                                  f"({exc.strerror or exc}): pass -o") from None
+    # A side of a compare-branches pair on a lost dask worker: stop with it.
+    die_with_starter()
     start = time.monotonic()
+    # A cancelled CI job gets SIGTERM, not Ctrl-C: keep the finished benchmarks the same way.
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         report = run_suite(suite, output, force=args.force, cost_profile=cost_profile,
-                           resume=resume, shard=shard, cluster=args.cluster)
+                           resume=resume, cluster=args.cluster)
     except KeyboardInterrupt as exc:
         report = getattr(exc, "report", None)
         if report is None or report.partial is None:
@@ -352,6 +360,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             _say_partial("interrupted", report, suite)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     wall = time.monotonic() - start
     resumed = f" ({report.resumed} more from {resume.path})" if resume else ""
     print(f"{plural(len(report.done), 'benchmark')} ran{resumed}, "
@@ -380,14 +390,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if report.failed or not written else 0
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM, as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def _shard(suite, shard: str | None):
-    """(the suite or the part ``--shard I/N`` picks of it, ``I/N`` as written in results)."""
+    """The suite, or the part ``--shard I/N`` picks of it."""
     if not shard:
-        return suite, None
+        return suite
     from pinning.harness.shard import parse_shard, select
 
-    index, count = parse_shard(shard)
-    return select(suite, index, count), f"{index}/{count}"
+    return select(suite, *parse_shard(shard))
 
 
 def _say_partial(why: str, report, suite) -> None:

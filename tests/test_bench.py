@@ -70,8 +70,8 @@ def test_cluster_overhead_smoke(tmp_path):
     assert lines[0].startswith("setup (local:2: start, dashboard, canary on every worker): ")
     # every cell came back (from one worker or both: dask decides)
     assert lines[1].startswith(("6 empty cells on 1 workers: ", "6 empty cells on 2 workers: "))
-    assert lines[1].endswith("ms of scheduler overhead per cell (measured: wall x workers "
-                             "/ cells)")
+    assert lines[1].endswith("ms of client + scheduler overhead per cell (measured: wall x "
+                             "workers used / cells)")
 
 
 def test_populate_vs_qemu_smoke(tmp_path):

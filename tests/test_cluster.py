@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -90,7 +91,9 @@ def modelled(bench: pyperf.Benchmark) -> dict:
 
 
 def worker_names(address: str) -> dict[str, str]:
+    """address -> name of the fixture's 2 workers (waiting for one a nanny restarts)."""
     with distributed.Client(address) as client:
+        client.wait_for_workers(2, timeout=60)
         return {a: str(w["name"]) for a, w in client.scheduler_info(n_workers=-1)["workers"]
                 .items()}
 
@@ -128,7 +131,7 @@ def test_clustered_run_has_the_serial_runs_modelled_metadata(suite, serial, sche
         # every run of a benchmark from one worker and one host
         (worker,) = run_values(bench, "pinbench.worker")
         assert worker in names
-        assert len(run_values(bench, "hostname")) == 1
+        assert run_values(bench, "hostname") == {socket.gethostname()}
         assert len(bench.get_runs()) == suite.processes
         for key in ("host.kernel", "host.thp", "version.numba", "version.numpy"):
             assert len(run_values(bench, key)) == 1 and None not in run_values(bench, key)
@@ -153,6 +156,28 @@ def test_identical_cells_are_two_tasks(suite, scheduler):
     dates = [{run.get_metadata()["date"] for run in r.benchmark().get_runs()}
              for r in results]
     assert dates[0].isdisjoint(dates[1])  # two executions, not one result twice
+
+
+def test_cells_go_only_where_their_resources_are(suite, scheduler):
+    """The fixture's workers declare cell=1 and memory_gib=4 and no kvm: a kvm cell, or one
+    needing more memory, is skipped with the reason instead of waiting forever."""
+    from pinning.model.config import BenchConfig
+
+    kvm = BenchConfig(workload="startup", strategy="upfront", guest_size=64 << 20,
+                      backing="kvm")
+    assert C.cell_resources(kvm)["kvm"] == 1
+    big = BenchConfig(workload="startup", strategy="upfront", guest_size=8 << 30,
+                      backing="real")
+    assert C.cell_resources(big)["memory_gib"] > 8
+    with C.ClusterRun(scheduler, Lines()) as run:
+        assert run.unmet(C.cell_resources(suite.benchmarks[0])) is None
+        assert "no accepted worker has /dev/kvm" in run.unmet(C.cell_resources(kvm))
+        assert "largest accepted worker offers memory_gib=4" in run.unmet(
+            C.cell_resources(big))
+        job = C.Job(big.name, C._bench_cell, (big, suite, None), C.cell_resources(big),
+                    lambda name, status, why: (status, why))
+        (outcome,) = run.run([job])
+    assert outcome.result[0] == "skipped" and outcome.attempts == 0
 
 
 def test_killed_worker_retries_the_cell_once_without_duplicate(scheduler, tmp_path):
@@ -182,7 +207,19 @@ def test_killed_worker_retries_the_cell_once_without_duplicate(scheduler, tmp_pa
     retried = next(name for name, n in attempts.items() if n == 2)
     # no run of the killed attempt slipped in: exactly the suite's processes
     assert len(got[retried].get_runs()) == suite.processes
-    assert f"{retried}: worker" in stream.text and "was lost mid-cell" in stream.text
+    assert f"{retried}: worker" in stream.text
+    assert "was lost mid-cell; started again on" in stream.text
+    # nothing of the killed attempt is still running (the bench script and its pyperf
+    # processes die with the worker that started them)
+    killed_pid = f"PINBENCH_PARENT_PID={killed[0]['pid']}".encode()
+    left = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if killed_pid in environ.read_bytes().split(b"\0"):
+                left.append(environ.parent.name)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    assert left == []
 
 
 def _forge() -> None:
@@ -246,10 +283,12 @@ def test_local_cluster_from_the_command_line(tmp_path, capsys, monkeypatch):
 # -- bad input ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec, words", [
-    ("local:0", "local:N needs a whole number of workers"),
-    ("local:two", "local:N needs a whole number of workers"),
+    ("local:0", "local:N needs a whole number of workers from 1 to"),
+    ("local:two", "local:N needs a whole number of workers from 1 to"),
+    ("local:99999", "local:N needs a whole number of workers from 1 to"),
     ("tcp://127.0.0.1:1", "no dask scheduler answered"),
-    ("no-port-here", "no dask scheduler answered"),
+    ("no-port-here", "not a scheduler address"),
+    ("tcp://a\nb:1", "'tcp://a\\nb:1': expected a scheduler address"),
 ])
 def test_bad_cluster_is_one_line_exit_2(spec, words, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(C, "CONNECT_TIMEOUT_S", 1)

@@ -158,6 +158,12 @@ def test_commands_that_run_no_model_import_no_numba(argv: list[str]) -> None:
     assert not numba_loaded(CLI.format(argv=argv))
 
 
+def test_merge_imports_no_numba(tmp_path: Path) -> None:
+    out = tmp_path / "merged.json"
+    assert not numba_loaded(CLI.format(argv=["merge", REFERENCE, "-o", str(out)]))
+    assert out.is_file()
+
+
 def test_report_imports_no_numba_once_its_model_runs_are_cached(tmp_path: Path) -> None:
     import os
 

@@ -21,7 +21,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pinning.harness.runner import PARTIAL_MARK
-from pinning.harness.shard import SHARD_KEY, MergeReport, assign, merge, parse_shard, select
+from pinning.harness.shard import (
+    SHARD_KEY,
+    SPLIT_KEY,
+    MergeReport,
+    assign,
+    merge,
+    parse_shard,
+    select,
+    split_digest,
+)
 from pinning.harness.suite import Suite, load_suite, parse_suite
 from pinning.model import strategies
 from pinning.model.names import InputError
@@ -374,6 +383,26 @@ def test_refuses_overlap_naming_benchmark_and_both_files(tmp_path):
     b = _write(tmp_path / "b.json", ALL[2:5], "2/2")
     msg = _refused(tmp_path, [a, b])
     assert ALL[2] in msg and str(a) in msg and str(b) in msg
+
+
+def test_refuses_shards_cut_from_different_versions_of_a_suite(tmp_path):
+    a = _write(tmp_path / "a.json", ALL[:3], "1/2", {SPLIT_KEY: "digest-of-v1"})
+    b = _write(tmp_path / "b.json", ALL[3:], "2/2", {SPLIT_KEY: "digest-of-v2"})
+    msg = _refused(tmp_path, [a, b])
+    assert "shards of different splits of suite 'quick'" in msg
+    assert str(a) in msg and str(b) in msg
+
+
+def test_select_records_the_shard_and_the_splits_digest():
+    suite = load_suite("quick")
+    part = select(suite, 2, 3)
+    assert part.shard == "2/3" and part.split == split_digest(suite, 3)
+    assert all(select(suite, i, 3).split == part.split for i in (1, 3))
+    # the digest follows the split: the benchmarks, N, what the estimates read
+    fewer = replace(suite, benchmarks=suite.benchmarks[1:])
+    assert split_digest(fewer, 3) != split_digest(suite, 3)
+    assert split_digest(suite, 4) != split_digest(suite, 3)
+    assert split_digest(replace(suite, source="elsewhere.toml"), 3) == split_digest(suite, 3)
 
 
 def test_refuses_different_suites(tmp_path):

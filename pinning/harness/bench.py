@@ -91,6 +91,35 @@ def run_metadata(config: BenchConfig, backing: Backing, res: Any) -> dict[str, i
 WORKER_ENV = "PINBENCH_WORKER"
 
 
+#: The pid of the process that started this one (``pinbench run``'s for its bench
+#: script, a bench script's for pyperf's worker processes, a dask worker's for a
+#: compare-branches side): each asks to die with its starter, so a lost dask worker
+#: leaves nothing measuring behind the retry.
+PARENT_ENV = "PINBENCH_PARENT_PID"
+
+
+def die_with_starter() -> None:
+    """Exit when the process that started this one is gone, now or later (see
+    :data:`PARENT_ENV`; nothing when it is not set), and name this process as the
+    starter of the processes it starts.
+
+    The death signal is asked for here, after exec, not in a ``preexec_fn`` (unsafe in
+    a threaded parent such as a dask worker); a parent that died before the request
+    shows as a changed parent pid.
+    """
+    import os
+
+    starter = os.environ.get(PARENT_ENV)
+    # (this process named itself before: main() called again in one process, e.g. a test)
+    if starter and starter != str(os.getpid()):
+        from pinning.backends.libc import die_with_parent
+
+        die_with_parent()
+        if str(os.getppid()) != starter:
+            sys.exit(f"the process that started this one ({starter}) is gone")
+    os.environ[PARENT_ENV] = str(os.getpid())
+
+
 def provenance() -> dict[str, int | float | str]:
     """Where a run ran: the dask worker, the host's detected state (kernel, THP mode, KVM's
     MMU, SME_COHERENT: :func:`pinning.harness.calibrate.detect_host`), its free memory,
@@ -120,6 +149,7 @@ def main(family: str) -> None:
     """Run one benchmark of ``family`` under pyperf (manager or worker process)."""
     import pyperf
 
+    die_with_starter()
     runner = pyperf.Runner(add_cmdline_args=forward_options)
     add_options(runner.argparser, family)
     args = runner.parse_args()
@@ -151,9 +181,9 @@ def main(family: str) -> None:
         from pinning.model.lifecycle import build_workload, warm_up
 
         warm_up()  # the kernels from numba's cache: harness overhead, and no JIT when timed
+        metadata["pinbench.load_s"] = time.perf_counter() - t_load
+        metadata.update(provenance())  # before t0: harness overhead, not the run's work
         t0 = time.perf_counter()
-        metadata["pinbench.load_s"] = t0 - t_load
-        metadata.update(provenance())
         if config.backing != "kvm":  # the kvm guest runs its own code
             workload = build_workload(config)
         # Untimed: records the run's events, which are the same in every run.

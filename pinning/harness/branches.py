@@ -49,8 +49,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pinning.harness.suite import Suite, load_suite
+
+if TYPE_CHECKING:
+    from pinning.harness.cluster import ClusterRun
 from pinning.model.config import BenchConfig
 from pinning.model.names import InputError
 
@@ -255,8 +259,11 @@ def _run_bench(side: Side, name: str, suite_file: Path, part: Path, cwd: Path,
         import pyperf
 
         side.parts[name] = part
-        median = pyperf.BenchmarkSuite.load(str(part)).get_benchmarks()[0].median()
-        return f"{median * 1e3:.3f} ms median (measured), {wall:.1f} s wall"
+        bench = pyperf.BenchmarkSuite.load(str(part)).get_benchmarks()[0]
+        # on the sim backing the value times pinbench's own bookkeeping
+        sim = bench.get_metadata().get("param.backing", "sim") == "sim"
+        kind = "simulator speed" if sim else "measured"
+        return f"{bench.median() * 1e3:.3f} ms median ({kind}), {wall:.1f} s wall"
     lines = [ln.strip() for ln in f"{proc.stdout}\n{proc.stderr}".splitlines() if ln.strip()]
     why = next((ln for ln in lines if ln.startswith(("FAILED ", "skipped "))),
                lines[-1] if lines else f"exit status {proc.returncode}")
@@ -424,10 +431,12 @@ def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
         raise InputError(f"{out / taken[0]} exists: choose another output directory")
     import pinning.analysis.compare  # noqa: F401  (fail now, not after the benchmarks)
 
+    run = None
     if cluster is not None:
-        from pinning.harness.cluster import check_spec
+        from pinning.harness.cluster import ClusterRun
 
-        check_spec(cluster)
+        # Connected (and the workers checked) before minutes of worktrees and venvs.
+        run = ClusterRun(cluster, describe=_describe_pair).__enter__()
 
     tmp = Path(tempfile.mkdtemp(prefix="pinbench-branches-"))
     worktrees: list[Path] = []
@@ -444,7 +453,7 @@ def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
             worktrees.append(path)
             _add_worktree(root, side, path)
             _make_venv(side, deps, tmp)
-        _run_interleaved(the_suite, base, head, tmp, cluster)
+        _run_interleaved(the_suite, base, head, tmp, run)
         return _finish(the_suite, base, head, out, threshold, aa, fail_on_model_change)
     except KeyboardInterrupt:
         done = [c.name for c in the_suite.benchmarks
@@ -455,6 +464,8 @@ def main(base_ref: str, head_ref: str | None = None, *, suite: str = "quick",
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if run is not None:
+            run.close()
         _cleanup(root, worktrees, tmp)
 
 
@@ -467,7 +478,7 @@ ROUNDS = 4
 
 
 def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path,
-                     cluster: str | None = None) -> None:
+                     cluster: ClusterRun | None = None) -> None:
     """Each benchmark on both sides in rounds of worker processes, alternating the sides.
 
     The worker process is the unit of ``compare``'s statistics, so the sides alternate
@@ -475,14 +486,13 @@ def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path,
     burst of load on this shared machine then lands on both sides' processes alike
     instead of on all of one side's. A side's processes of a benchmark are merged into one
     pyperf benchmark afterwards. One benchmark's pair -- every round of both sides -- is
-    one cell (:func:`pair_cell`): here, one after the other, or with ``cluster`` on one
-    dask worker each (:mod:`pinning.harness.cluster`), so a pair never spans two hosts.
+    one cell (:func:`pair_cell`): here, one after the other, or on ``cluster`` (an open
+    :class:`~pinning.harness.cluster.ClusterRun`) on one dask worker each, so a pair
+    never spans two hosts.
     """
     configs = suite.benchmarks
     total = len(configs)
-    (tmp / "suites").mkdir()
-    for side in (base, head):
-        (tmp / "parts" / side.label).mkdir(parents=True)
+    (tmp / "cells").mkdir()
     cwd = Path.cwd()
     if cluster is None:
         for i, config in enumerate(configs, start=1):
@@ -492,18 +502,17 @@ def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path,
             _apply(pair_cell("local", tmp, i, config, suite, base, head, tmp, cwd, say),
                    base, head, config.name)
         return
-    from pinning.harness.cluster import Job, cell_resources, run_jobs
+    from pinning.harness.cluster import Job, cell_resources
 
     def fallback(name: str, status: str, why: str) -> PairResult:
         return PairResult(outcome={base.label: why, head.label: why})
 
     jobs = [Job(c.name, _pair_job, (i, c, suite, base, head, tmp, cwd), cell_resources(c),
                 fallback) for i, c in enumerate(configs, start=1)]
-    names = {c.name: c for c in configs}
-    for outcome in run_jobs(cluster, jobs, describe=_describe_pair):
+    for outcome in cluster.run(jobs):
         for line in outcome.result.lines:
             print(f"  {line}", file=sys.stderr, flush=True)
-        _apply(outcome.result, base, head, names[outcome.job.name].name)
+        _apply(outcome.result, base, head, outcome.job.name)
 
 
 @dataclass
@@ -519,7 +528,7 @@ def _describe_pair(job, result: PairResult) -> str:
     """A pair cell's progress line on a cluster."""
     if result.outcome:
         return "; ".join(f"{label} FAILED: {why}" for label, why in result.outcome.items())
-    return f"both sides ran ({len(result.lines)} runs)"
+    return "both sides ran (their rounds below)"
 
 
 def _pair_job(worker: str, workdir: Path, i: int, config: BenchConfig, suite: Suite,
@@ -544,7 +553,7 @@ def pair_cell(worker: str, workdir: Path, i: int, config: BenchConfig, suite: Su
     ``base`` and ``head`` are only read (on a cluster they are the worker's copies);
     their processes carry ``worker`` (:data:`pinning.harness.bench.WORKER_ENV`).
     """
-    from pinning.harness.bench import WORKER_ENV
+    from pinning.harness.bench import PARENT_ENV, WORKER_ENV
 
     name = config.name
     # Up to ROUNDS rounds per benchmark: every `pinbench run` costs ~1 s besides its
@@ -553,15 +562,20 @@ def pair_cell(worker: str, workdir: Path, i: int, config: BenchConfig, suite: Su
     sizes = [suite.processes // rounds + (r < suite.processes % rounds) for r in range(rounds)]
     sides = {side.label: replace(side, parts={}, failed={}) for side in (base, head)}
     done: dict[str, list[Path]] = {label: [] for label in sides}
+    # A directory of this attempt's own: a retry on another worker must not meet the
+    # part files of an attempt whose worker was lost.
+    cell = Path(tempfile.mkdtemp(prefix=f"{i}-", dir=tmp / "cells"))
+    # the sides' processes die with this one (a dask worker, lost mid-cell)
+    env = {WORKER_ENV: worker, PARENT_ENV: str(os.getpid())}
     for r in range(rounds):
-        suite_file = tmp / "suites" / f"{i}.{r}.toml"
+        suite_file = cell / f"{r}.toml"
         suite_file.write_text(one_bench_toml(replace(suite, processes=sizes[r]), config))
         order = (base, head) if (i + r) % 2 else (head, base)
         for side in (sides[s.label] for s in order):
             if name in side.failed:
                 continue
-            part = tmp / "parts" / side.label / f"{i}.{r}.json"
-            outcome = _run_bench(side, name, suite_file, part, cwd, {WORKER_ENV: worker})
+            part = cell / f"{side.label}.{r}.json"
+            outcome = _run_bench(side, name, suite_file, part, cwd, env)
             if name in side.parts:
                 done[side.label].append(side.parts.pop(name))
             where = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
@@ -571,8 +585,7 @@ def pair_cell(worker: str, workdir: Path, i: int, config: BenchConfig, suite: Su
         if name in side.failed:
             result.outcome[label] = side.failed[name]
         elif done[label]:
-            result.parts[label] = _merge_runs(done[label],
-                                              tmp / "parts" / label / f"{i}.json")
+            result.parts[label] = _merge_runs(done[label], cell / f"{label}.json")
     return result
 
 

@@ -20,12 +20,17 @@ cell needs and watches it:
   counters; a worker that joins later is checked the same way.
 * **Keys.** Every cell is submitted with a key of its own (``pure=False``): an A/A pair's
   identical halves, or the same benchmark twice, are never merged by dask's key hashing.
-* **A lost worker.** The scheduler re-runs a cell whose worker died (``local:N`` allows
-  one such failure, ``distributed.scheduler.allowed-failures: 1``); the client counts the
-  starts each cell reports and cancels a cell started a third time (a scheduler of one's
-  own may allow more), so a cell is retried once, elsewhere. Only a finished attempt's
-  result is taken: a cell is never counted twice. The bench script dies with its worker
-  (:func:`pinning.backends.libc.die_with_parent`).
+* **A lost worker.** The scheduler re-runs a cell whose worker died. The cell counts its
+  own starts (a dask Variable per cell, :func:`_cell_task`) and a third start runs
+  nothing, so a cell is retried once, elsewhere, whatever the scheduler's
+  ``allowed-failures`` (whose count also grows for cells only queued on a lost worker).
+  Only a finished attempt's result is taken: a cell is never counted twice. The bench
+  script, and pyperf's worker processes under it, die with the dask worker
+  (:func:`pinning.harness.bench.die_with_starter`).
+* **Nothing waits forever.** A worker's canary has CANARY_TIMEOUT_S; a cell no live
+  worker can take (its one fitting worker left) fails after UNPLACEABLE_S; a lost
+  connection to the scheduler fails the cells not yet back, and the caller keeps the
+  finished ones (``pinbench run`` writes them to its partial file).
 
 dask is an optional extra (``pip install -e '.[dask]'``); without it ``--cluster`` is one
 line and exit status 2.
@@ -44,7 +49,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,9 +72,21 @@ WORKER_HINT = ("dask worker ADDRESS --nthreads 1 --resources 'cell=1 memory_gib=
                "(add kvm=1 on a host with /dev/kvm)")
 #: Seconds to wait for a scheduler to answer, and for its first worker.
 CONNECT_TIMEOUT_S = 10
+#: Seconds a worker's canary may take (a few on a free worker; a cold numba cache, more).
+CANARY_TIMEOUT_S = 180
+#: Seconds a cell may wait while no live worker could take it, before it fails.
+UNPLACEABLE_S = 60
+#: Seconds between the tables of the workers on a long run.
+TABLE_EVERY_S = 30
 #: The canary's guest: small enough to take a moment, large enough to fault, pin,
 #: prefetch and tear down on every strategy.
 CANARY_GUEST = 64 << 20
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: an error as one line of a progress report."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _distributed():
@@ -135,35 +151,72 @@ async def _set_token(token: str, amount: float, dask_worker=None) -> None:
 
 # -- one cell on a worker -------------------------------------------------------------------
 
-def _cell_task(cell_id: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """On a worker: say the cell started (for progress and the retry count), then run
-    ``fn(worker_name, workdir, *args)``."""
+class TooManyStarts(Exception):
+    """A cell whose worker was lost mid-cell MAX_STARTS times: it does not run again."""
+
+    def __init__(self, starts: int) -> None:
+        super().__init__(f"started {starts} times")
+        self.starts = starts
+
+
+def _cell_task(cell_id: str, fn: Callable[..., Any], *args: Any) -> tuple[int, Any]:
+    """On a worker: count this start of the cell (a dask Variable the client set to 0;
+    a start past MAX_STARTS runs nothing), say it started (for progress), then run
+    ``fn(worker_name, workdir, *args)``; (the starts so far, its result).
+
+    The count lives with the cell, not in the scheduler's failure count, which also
+    grows for cells that were only queued on a lost worker. Two starts of one cell are
+    never concurrent (a retry begins after its worker was declared dead), so get-then-set
+    needs no lock.
+    """
     distributed = _distributed()
     worker = distributed.get_worker()
+    starts = distributed.Variable(cell_id)
+    start = int(starts.get(timeout=30)) + 1
+    starts.set(start)
+    if start > MAX_STARTS:
+        raise TooManyStarts(start)
     name = str(worker.name)
     # the scheduler adds the worker's address to the message as "worker"
-    worker.log_event(TOPIC, {"id": cell_id, "name": name, "pid": os.getpid()})
-    return fn(name, Path(worker.local_directory), *args)
+    worker.log_event(TOPIC, {"id": cell_id, "name": name, "pid": os.getpid(), "start": start})
+    return start, fn(name, Path(worker.local_directory), *args)
+
+
+#: What a dask nanny puts in its worker's environment (``distributed.nanny.pre-spawn-
+#: environ``): a bench script must not inherit them. MALLOC_TRIM_THRESHOLD_ changes when
+#: glibc returns memory to the kernel, i.e. the munmap and page faults a real backing
+#: measures; the thread caps change what numpy's libraries do.
+NANNY_ENV = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+             "OPENBLAS_NUM_THREADS")
 
 
 def _bench_cell(worker: str, workdir: Path, config: BenchConfig, suite: Suite,
                 cost_profile: str | None) -> CellResult:
-    """A ``pinbench run`` cell: one benchmark (:func:`pinning.harness.runner.run_cell`)."""
+    """A ``pinbench run`` cell: one benchmark (:func:`pinning.harness.runner.run_cell`),
+    in the environment the worker was started with, less what its nanny added."""
+    for key in NANNY_ENV:
+        os.environ.pop(key, None)
     return run_cell(config, suite, cost_profile, workdir, worker=worker)
 
 
 # -- the cluster ----------------------------------------------------------------------------
 
 def parse_spec(spec: str) -> tuple[str, int | str]:
-    """``local:N`` -> ("local", N); anything else -> ("address", spec)."""
+    """``local:N`` -> ("local", N); anything else -> ("address", spec).
+
+    ``local:N`` is at most the number of CPUs: one cell per worker at a time, and more
+    cells than CPUs would only time each other.
+    """
+    shown = spec if spec.isprintable() and spec.strip() == spec and spec else repr(spec)
     if spec.startswith("local:"):
         text = spec.removeprefix("local:")
-        if not text.isdigit() or int(text) < 1:
-            raise InputError(f"--cluster {spec}: local:N needs a whole number of workers "
-                             "N >= 1, e.g. local:2")
+        cpus = os.cpu_count() or 1
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= cpus:
+            raise InputError(f"--cluster {shown}: local:N needs a whole number of workers "
+                             f"from 1 to this machine's {cpus} CPUs, e.g. local:{cpus}")
         return "local", int(text)
-    if not spec or spec.isspace() or " " in spec:
-        raise InputError(f"--cluster {spec!r}: expected a scheduler address "
+    if shown != spec or " " in spec:
+        raise InputError(f"--cluster {shown}: expected a scheduler address "
                          "(tcp://HOST:PORT) or local:N")
     return "address", spec
 
@@ -215,7 +268,8 @@ class Outcome:
 class _Worker:
     name: str
     resources: dict[str, float]
-    state: str = "checking"  # checking, accepted, refused, unusable
+    state: str = "checking"  # checking, accepted, refused, unusable, gone
+    since: float = 0.0  # when its canary was submitted
     done: int = 0
     busy_s: float = 0.0
     running: str = ""
@@ -254,6 +308,15 @@ class ClusterRun:
 
     # -- setup --------------------------------------------------------------------------
     def __enter__(self) -> ClusterRun:
+        try:
+            self._open()
+        except BaseException:  # a refusal, or Ctrl-C during the canary: leave nothing up
+            self.close()
+            raise
+        return self
+
+    def _open(self) -> None:
+        """Connect (or start ``local:N``), then check every worker with the canary."""
         distributed = _distributed()
         kind, value = parse_spec(self.spec)
         logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -262,10 +325,9 @@ class ClusterRun:
                 import dask
 
                 self._scratch = tempfile.mkdtemp(prefix="pinbench-dask-")
-                # One retry of a cell whose worker died, then KilledWorker.
-                # The scratch space (spill, locks) in a directory of its own, removed at close.
-                with dask.config.set({"distributed.scheduler.allowed-failures": 1,
-                                      "temporary-directory": self._scratch}):
+                # The scratch space (spill, locks) in a directory of its own, removed at
+                # close. (The retry limit is the cells' own: _cell_task.)
+                with dask.config.set({"temporary-directory": self._scratch}):
                     self.cluster = distributed.LocalCluster(
                         n_workers=int(value), threads_per_worker=1, processes=True,
                         resources=local_resources(int(value)), dashboard_address=":0",
@@ -273,11 +335,11 @@ class ClusterRun:
                 self.client = distributed.Client(self.cluster)
             else:
                 self.client = distributed.Client(str(value), timeout=f"{CONNECT_TIMEOUT_S}s")
-        except InputError:
-            raise
         except (OSError, TimeoutError, ValueError, TypeError, RuntimeError) as exc:
-            self.close()
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, ValueError | TypeError) and kind != "local":
+                raise InputError(f"--cluster {self.spec}: not a scheduler address ({why}); "
+                                 "expected tcp://HOST:PORT or local:N") from None
             if kind == "local":
                 raise InputError(f"--cluster {self.spec}: the local workers did not start "
                                  f"({why})") from None
@@ -288,21 +350,22 @@ class ClusterRun:
         try:
             self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
         except (TimeoutError, OSError):
-            self.close()
             raise InputError(f"--cluster {self.spec}: the scheduler has no worker after "
                              f"{CONNECT_TIMEOUT_S} s; start one with {WORKER_HINT}") from None
         link = self.client.dashboard_link
         self.say(f"dask cluster {self.spec}: dashboard {link}" if link else
                  f"dask cluster {self.spec}: no dashboard (pip install bokeh for one)")
+        if kind == "local" and int(value) > 1:
+            self.say(f"note: the {value} workers share this machine's CPUs, caches and memory "
+                     "bandwidth: each cell's measured (and simulator-speed) times include "
+                     "the cells running beside it; modelled values do not change")
         self.expected = canary_counts()
         self.token = canary_token(self.expected)
         self._scan(wait=True)
         if not any(w.state == "accepted" for w in self.workers.values()):
-            self.close()
             states = "; ".join(f"{w.name}: {w.state}" for w in self.workers.values())
             raise InputError(f"--cluster {self.spec}: no worker can take cells ({states}); "
                              f"start one with {WORKER_HINT}")
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -325,9 +388,17 @@ class ClusterRun:
 
     # -- workers and the canary -----------------------------------------------------------
     def _scan(self, wait: bool = False) -> None:
-        """Find new workers, run the canary on each, grant the token or refuse it."""
+        """Find new workers and run the canary on each; mark departed ones gone; grant the
+        token to a worker whose canary matched, refuse one whose did not. ``wait``: wait
+        (at most CANARY_TIMEOUT_S) for the canaries of the workers found."""
         self._last_scan = time.monotonic()
         info = self.client.scheduler_info(n_workers=-1)["workers"]
+        for addr, worker in self.workers.items():
+            if addr not in info and worker.state != "gone":
+                worker.state, worker.running = "gone", ""
+                fut = self._canaries.pop(addr, None)
+                if fut is not None:
+                    fut.cancel()
         for addr, w in info.items():
             if addr in self.workers:
                 continue
@@ -339,69 +410,86 @@ class ClusterRun:
                 self.say(f"worker {worker.name}: not used, it declares no "
                          f"{' or '.join(lacking)} resource (start it with {WORKER_HINT})")
                 continue
+            worker.since = time.monotonic()
             self._canaries[addr] = self.client.submit(
                 _canary_task, key=f"pinbench-canary-{uuid.uuid4().hex}", pure=False,
                 workers=[addr], allow_other_workers=False, resources={CELL: 1})
+        if wait and self._canaries:
+            deadline = time.monotonic() + CANARY_TIMEOUT_S
+            while (time.monotonic() < deadline
+                   and not all(f.done() for f in self._canaries.values())):
+                time.sleep(0.1)
         for addr in list(self._canaries):
             fut = self._canaries[addr]
-            if wait:
-                try:
-                    fut.result()
-                except Exception:
-                    pass
+            worker = self.workers[addr]
             if not fut.done():
+                if time.monotonic() - worker.since > CANARY_TIMEOUT_S:
+                    fut.cancel()
+                    del self._canaries[addr]
+                    worker.state = "refused"
+                    self.say(f"worker {worker.name} refused: its canary did not finish in "
+                             f"{CANARY_TIMEOUT_S} s (busy with another client's work?)")
                 continue
             del self._canaries[addr]
-            worker = self.workers[addr]
-            try:
-                got = fut.result()
-            except Exception as exc:
-                worker.state = "refused"
-                self.say(f"worker {worker.name} refused: its canary failed "
-                         f"({type(exc).__name__}: {exc})")
-                continue
-            diffs = canary_differences(self.expected, got)
-            if diffs:
-                worker.state = "refused"
-                # It may hold the token from an earlier run, when its counts still matched.
-                self.client.run(_set_token, self.token, 0, workers=[addr])
-                more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
-                self.say(f"worker {worker.name} refused: its modelled counts differ from "
-                         f"this machine's ({'; '.join(diffs[:3])}{more}; worker != client)")
-                continue
-            try:
-                self.client.run(_set_token, self.token, 1, workers=[addr])
-            except Exception as exc:  # it left meanwhile
-                worker.state = "refused"
-                self.say(f"worker {worker.name}: lost before it could take cells ({exc})")
-                continue
-            worker.state = "accepted"
-            self.say(f"worker {worker.name} accepted: its canary counts match "
-                     f"({len(self.expected)} strategies)")
+            self._judge(addr, worker, fut)
+
+    def _judge(self, addr: str, worker: _Worker, fut: Any) -> None:
+        """Accept (give the token to) or refuse a worker whose canary finished."""
+        try:
+            got = fut.result()
+        except Exception as exc:
+            worker.state = "refused"
+            self.say(f"worker {worker.name} refused: its canary failed ({_first_line(exc)})")
+            return
+        diffs = canary_differences(self.expected, got)
+        try:
+            # A refused worker may hold the token from an earlier run, when its counts
+            # still matched: take it back.
+            self.client.run(_set_token, self.token, 0 if diffs else 1, workers=[addr])
+        except Exception as exc:  # it left meanwhile
+            worker.state = "gone"
+            self.say(f"worker {worker.name}: lost before its canary was judged "
+                     f"({_first_line(exc)})")
+            return
+        if diffs:
+            worker.state = "refused"
+            more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+            self.say(f"worker {worker.name} refused: its modelled counts differ from "
+                     f"this machine's ({'; '.join(diffs[:3])}{more}; worker != client)")
+            return
+        worker.state = "accepted"
+        self.say(f"worker {worker.name} accepted: its canary counts match "
+                 f"({len(self.expected)} strategies)")
 
     def unmet(self, resources: dict[str, float]) -> str | None:
-        """Why no accepted worker could take a cell asking ``resources``; None if one can."""
-        accepted = [w for w in self.workers.values() if w.state == "accepted"]
-        if any(all(w.resources.get(k, 0) >= v for k, v in resources.items())
-               for w in accepted):
+        """Why no live accepted worker could take a cell asking ``resources``; None if one
+        can (a worker still being checked counts as one that may)."""
+        live = [w for w in self.workers.values() if w.state in ("accepted", "checking")]
+        if any(all(w.resources.get(k, 0) >= v for k, v in resources.items()) for w in live):
             return None
-        if resources.get(KVM) and not any(w.resources.get(KVM) for w in accepted):
+        if resources.get(KVM) and not any(w.resources.get(KVM) for w in live):
             return ("no accepted worker has /dev/kvm (start one on a KVM host with "
                     "--resources 'kvm=1 ...')")
-        most = max((w.resources.get(MEMORY, 0) for w in accepted), default=0)
+        most = max((w.resources.get(MEMORY, 0) for w in live), default=0)
+        share = " (local:N: each worker's share of this host)" if self.cluster else ""
         return (f"it needs {resources.get(MEMORY, 0):g} GiB and the largest accepted worker "
-                f"offers memory_gib={most:g}")
+                f"offers memory_gib={most:g}{share}")
 
     # -- the cells ------------------------------------------------------------------------
     def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         """Submit every job (those no worker could take are skipped at once) and yield
-        each as it finishes, with the progress lines."""
+        each as it finishes, with the progress lines.
+
+        A cell that no live worker can take for UNPLACEABLE_S (its only fitting worker
+        left) fails with the reason; if the connection to the cluster is lost, every cell
+        not yet back fails with that reason: the caller keeps what finished.
+        """
         distributed = _distributed()
         total = len(jobs)
         futures: dict[str, tuple[Job, Any]] = {}
-        starts: Counter[str] = Counter()
         where: dict[str, str] = {}
         running: dict[str, float] = {}
+        stuck: dict[str, float] = {}  # cell id -> when it was first seen unplaceable
         done = 0
 
         def status() -> str:
@@ -420,65 +508,106 @@ class ClusterRun:
                 yield Outcome(job, job.fallback(job.name, "skipped", why), "", 0)
                 continue
             cell_id = f"pinbench-cell-{uuid.uuid4().hex}"
+            distributed.Variable(cell_id, client=self.client).set(0)  # its starts
             fut = self.client.submit(_cell_task, cell_id, job.fn, *job.args, key=cell_id,
                                      pure=False, resources={**job.resources, self.token: 1})
             futures[cell_id] = (job, fut)
         last_table = time.monotonic()
         try:
             while futures:
-                while True:
-                    try:
-                        event = self._watch.events.get_nowait()
-                    except queue.Empty:
-                        break
-                    cell_id = event.get("id")
-                    if cell_id not in futures:
-                        continue
-                    starts[cell_id] += 1
-                    job = futures[cell_id][0]
-                    previous = self._name(where.get(cell_id, ""))
-                    where[cell_id] = event.get("worker", "")
-                    running[cell_id] = time.monotonic()
-                    self._set_running(where[cell_id], job.name)
-                    if starts[cell_id] > 1:
-                        self.say(f"{job.name}: worker {previous} was lost mid-cell; "
-                                 f"started again on {event.get('name')} "
-                                 f"(attempt {starts[cell_id]} of {MAX_STARTS})")
-                    if starts[cell_id] > MAX_STARTS:
-                        futures[cell_id][1].cancel()
-                for cell_id, (job, fut) in list(futures.items()):
-                    if not fut.done():
-                        continue
-                    del futures[cell_id]
+                # Which are back, before the start events: a cell's start event may
+                # arrive after its result, and must still be counted first.
+                back = [cell_id for cell_id, (_, fut) in futures.items() if fut.done()]
+                self._drain(futures, where, running)
+                for cell_id in back:
+                    job, fut = futures.pop(cell_id)
                     t0 = running.pop(cell_id, None)
                     self._finished(where.get(cell_id, ""), t0)
+                    stuck.pop(cell_id, None)
                     worker = self._name(where.get(cell_id, ""))
-                    attempts = max(starts[cell_id], 1)
-                    try:
-                        result = fut.result()
-                    except distributed.KilledWorker:
-                        result = job.fallback(job.name, "failed", f"its worker was lost "
-                                              f"{MAX_STARTS} times (dask KilledWorker)")
-                    except Exception as exc:
-                        if starts[cell_id] > MAX_STARTS:
-                            why = f"its worker was lost {MAX_STARTS} times; not run again"
-                        else:
-                            why = (f"{type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else ''}")
-                        result = job.fallback(job.name, "failed", why)
+                    result, attempts = self._result(job, fut, cell_id)
                     done += 1
-                    yield Outcome(job, result, worker, attempts)
                     line(job, self.describe(job, result), worker)
+                    yield Outcome(job, result, worker, attempts)
                 if time.monotonic() - self._last_scan > 2:
                     self._scan()
-                if time.monotonic() - last_table > 30 and futures:
+                    now = time.monotonic()
+                    for cell_id, (job, fut) in list(futures.items()):
+                        why = None if cell_id in running else self.unmet(job.resources)
+                        if why is None:
+                            stuck.pop(cell_id, None)
+                        elif now - stuck.setdefault(cell_id, now) > UNPLACEABLE_S:
+                            fut.cancel()
+                            del futures[cell_id]
+                            done += 1
+                            why = f"no live worker can take it for {UNPLACEABLE_S} s: {why}"
+                            line(job, f"FAILED: {why}", "")
+                            yield Outcome(job, job.fallback(job.name, "failed", why), "", 0)
+                if time.monotonic() - last_table > TABLE_EVERY_S and futures:
                     last_table = time.monotonic()
                     self.say(self.worker_table())
                 time.sleep(0.1)
+        except (OSError, TimeoutError) as exc:
+            # the scheduler went away: what finished stays finished
+            why = f"the connection to the cluster was lost ({_first_line(exc)})"
+            for job, _ in futures.values():
+                done += 1
+                line(job, f"FAILED: {why}", "")
+                yield Outcome(job, job.fallback(job.name, "failed", why), "", 0)
+            futures.clear()
         finally:
             for _, fut in futures.values():
                 fut.cancel()
         self.say(self.worker_table())
+
+    def _drain(self, futures: dict, where: dict[str, str], running: dict[str, float]) -> None:
+        """Take the start events the workers sent: who runs what; a restart's line."""
+        while True:
+            try:
+                event = self._watch.events.get_nowait()
+            except queue.Empty:
+                return
+            cell_id = event.get("id")
+            if cell_id not in futures:
+                continue
+            job = futures[cell_id][0]
+            previous = where.get(cell_id)
+            where[cell_id] = event.get("worker", "")
+            running[cell_id] = time.monotonic()
+            if previous is not None:
+                old = self.workers.get(previous)
+                if old is not None and old.running == job.name:
+                    old.running = ""
+                self.say(f"{job.name}: worker {self._name(previous)} was lost mid-cell; "
+                         f"started again on {event.get('name')} (start {event.get('start')} "
+                         f"of at most {MAX_STARTS})")
+            self._set_running(where[cell_id], job.name)
+
+    def _result(self, job: Job, fut: Any, cell_id: str) -> tuple[Any, int]:
+        """A finished cell's result (or the fallback's) and how many times it started."""
+        distributed = _distributed()
+        starts = 0
+        try:
+            starts, result = fut.result()
+        except distributed.KilledWorker:
+            result = job.fallback(job.name, "failed", "its worker was lost each time it "
+                                  "ran (dask KilledWorker)")
+        except TooManyStarts as exc:
+            starts = exc.starts
+            result = job.fallback(job.name, "failed", f"its worker was lost mid-cell "
+                                  f"{MAX_STARTS} times; not run a third time")
+        except distributed.client.FutureCancelledError as exc:  # not an Exception
+            result = job.fallback(job.name, "failed", f"cancelled by the cluster "
+                                  f"({_first_line(exc)}): was the connection lost?")
+        except Exception as exc:
+            result = job.fallback(job.name, "failed", _first_line(exc))
+        try:
+            var = distributed.Variable(cell_id, client=self.client)
+            starts = starts or int(var.get(timeout=1))
+            var.delete()
+        except Exception:  # the scheduler went away: the count is what we had
+            pass
+        return result, max(starts, 1)
 
     def _name(self, address: str) -> str:
         """A worker's name (its address if it is not known)."""
@@ -499,7 +628,7 @@ class ClusterRun:
 
     def worker_table(self) -> str:
         """Per worker: its state, cells done, what it runs now, seconds busy."""
-        rows = [f"  {w.name:<24} {w.state:<9} {w.done:>4} done  {w.busy_s:7.0f} s busy  "
+        rows = [f"  {w.name:<24} {w.state:<9} {w.done:>4} done  {w.busy_s:7.0f} s wall busy  "
                 f"{'running ' + w.running if w.running else 'idle'}"
                 for w in self.workers.values()]
         return "workers:\n" + "\n".join(rows)

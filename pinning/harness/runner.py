@@ -13,9 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pinning.backends.libc import die_with_parent
 from pinning.harness.backings import TABLE, preflight
-from pinning.harness.bench import WORKER_ENV
+from pinning.harness.bench import PARENT_ENV, WORKER_ENV
 from pinning.harness.suite import Suite
 from pinning.model.config import BenchConfig
 from pinning.model.names import InputError
@@ -136,7 +135,8 @@ def worker_command(config: BenchConfig, suite: Suite, out: Path,
     else:
         cmd += ["--processes", str(suite.processes),
                 "--inherit-environ",
-                f"NUMBA_CACHE_DIR,NUMBA_DISABLE_JIT,NUMBA_NUM_THREADS,CI,{WORKER_ENV}"]
+                "NUMBA_CACHE_DIR,NUMBA_DISABLE_JIT,NUMBA_NUM_THREADS,CI,"
+                f"{WORKER_ENV},{PARENT_ENV}"]
     profile = cost_profile or suite.cost_profile
     if profile:
         cmd += ["--cost-profile", str(profile)]
@@ -285,15 +285,14 @@ def check_resume(resume: Resume, suite: Suite) -> None:
 
 def run_suite(suite: Suite, output: Path, *, force: bool = False,
               cost_profile: str | None = None, stream=None,
-              resume: Resume | None = None, shard: str | None = None,
-              cluster: str | None = None) -> RunReport:
+              resume: Resume | None = None, cluster: str | None = None) -> RunReport:
     """Run every benchmark of ``suite`` (those ``resume`` lacks) and write one pyperf file.
 
     Each benchmark is one *cell* (:func:`run_cell`): here, one after the other, or with
     ``cluster`` (``ADDRESS`` or ``local:N``) on the workers of a dask.distributed cluster
-    (:func:`pinning.harness.cluster.run_cells`). ``shard`` (``I/N``, the suite already cut
-    to that shard by :func:`pinning.harness.shard.select`) is recorded on each benchmark
-    so that ``pinbench merge`` can check the shards it joins.
+    (:func:`pinning.harness.cluster.run_cells`). A suite that is one shard of another
+    (:func:`pinning.harness.shard.select`) records its ``I/N`` and the whole suite's
+    digest on each benchmark, so that ``pinbench merge`` can check the shards it joins.
 
     The output is checked before anything runs (:func:`check_output`). A configuration
     that does not fit in memory is skipped; a failing one is reported by name and the
@@ -319,12 +318,11 @@ def run_suite(suite: Suite, output: Path, *, force: bool = False,
         finished = {b.get_name(): b for b in resume.benchmarks}
         report.resumed = len(finished)
     todo = [c for c in suite.benchmarks if c.name not in finished]
-    if shard:
-        from pinning.harness.shard import SHARD_KEY
+    marks = {}
+    if suite.shard:
+        from pinning.harness.shard import SHARD_KEY, SPLIT_KEY
 
-        marks = {SHARD_KEY: shard}
-    else:
-        marks = {}
+        marks = {SHARD_KEY: suite.shard, SPLIT_KEY: suite.split}
     with tempfile.TemporaryDirectory(prefix="pinbench-") as tmp:
         try:
             if cluster:
@@ -512,11 +510,12 @@ def _sigint_ignored() -> Iterator[None]:
 def _run_one(cmd: list[str], env: dict[str, str] | None = None) -> tuple[bool, str]:
     """Run one bench script in its own process group; (ok, last line of its errors).
 
-    The script dies with the process that started it: a dask worker killed mid-cell
-    leaves no benchmark running on behind the retry.
+    The script dies with the process that started it (:data:`PARENT_ENV`): a dask worker
+    killed mid-cell leaves no benchmark running on behind the retry.
     """
+    env = {**(os.environ if env is None else env), PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=env, preexec_fn=die_with_parent)
+                            start_new_session=True, env=env)
     try:
         stdout, stderr = proc.communicate()
     except KeyboardInterrupt:

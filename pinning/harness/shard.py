@@ -28,6 +28,8 @@ from pinning.model.names import InputError
 SHARD_KEY = "pinbench.shard"
 SUITE_KEY = "pinbench.suite"
 SCHEMA_KEY = "pinbench.schema"
+#: Metadata key of the digest of the suite a shard was cut from (:func:`split_digest`).
+SPLIT_KEY = "pinbench.split"
 #: Most shards a suite is split into: far more machines than a suite has use for, and a
 #: bound on what merge lists as missing when a file claims a shard of a huge N.
 MAX_SHARDS = 10_000
@@ -103,6 +105,17 @@ def assign(suite: Suite, count: int) -> list[int]:
     return out
 
 
+def split_digest(suite: Suite, count: int) -> str:
+    """The split of ``suite`` into ``count`` shards, hashed: every benchmark with its
+    shard. Two shards with different digests were cut differently (another version of
+    the suite, or of pinbench's estimates), and may overlap or leave benchmarks out."""
+    import hashlib
+    import json
+
+    split = sorted(zip((c.name for c in suite.benchmarks), assign(suite, count), strict=True))
+    return hashlib.sha256(json.dumps([suite.name, split]).encode()).hexdigest()[:16]
+
+
 def select(suite: Suite, index: int, count: int) -> Suite:
     """The part of ``suite`` that ``--shard index/count`` runs: the same suite (name,
     settings) holding that shard's benchmarks, in the suite's order."""
@@ -117,7 +130,8 @@ def select(suite: Suite, index: int, count: int) -> Suite:
         raise InputError(f"shard {index}/{count} of suite {suite.name} is empty: the suite "
                          f"has {n} benchmark{'s' if n != 1 else ''}; use at most {n} "
                          f"shard{'s' if n != 1 else ''}")
-    return replace(suite, benchmarks=mine)
+    return replace(suite, benchmarks=mine, shard=f"{index}/{count}",
+                   split=split_digest(suite, count))
 
 
 @dataclass(frozen=True)
@@ -291,6 +305,25 @@ def merge(paths: Sequence[Path], output: Path, *, force: bool = False,
                 raise InputError(f"{other} and {inp.path} are both shard {index}/{n}: "
                                  "pass one file per shard")
             keyed.append((index, f, pos, bench))
+
+    split: tuple[str, Path] | None = None  # the first digest seen, and its file
+    for inp in inputs:
+        for bench in inp.benchmarks:
+            digest = bench.get_metadata().get(SPLIT_KEY)
+            if digest is None:
+                continue
+            if split is None:
+                split = (str(digest), inp.path)
+            elif str(digest) != split[0]:
+                first = split[1]
+                if first == inp.path:
+                    raise InputError(f"{first} holds shards of different splits of suite "
+                                     f"{bench.get_metadata()[SUITE_KEY]!r}: run every shard "
+                                     "from one version")
+                raise InputError(f"{first} and {inp.path} are shards of different splits "
+                                 f"of suite {bench.get_metadata()[SUITE_KEY]!r} (its "
+                                 "benchmarks, or pinbench's estimates, changed in between): "
+                                 "run every shard from one version")
 
     missing: tuple[int, ...] = ()
     if count is not None:

@@ -32,6 +32,11 @@ class Suite:
     values: int = 3
     warmups: int = 0
     cost_profile: str | None = None
+    #: ``I/N`` when this is one shard of a suite (:func:`pinning.harness.shard.select`)
+    shard: str | None = None
+    #: with ``shard``: a digest of the whole suite it was cut from, so that ``pinbench
+    #: merge`` refuses shards cut from different versions of a suite
+    split: str | None = None
 
     def estimated_s(self, config: BenchConfig) -> float:
         """Rough wall seconds ``pinbench run`` takes for one of this suite's benchmarks
