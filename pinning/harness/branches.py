@@ -508,7 +508,7 @@ def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path,
         return PairResult(outcome={base.label: why, head.label: why})
 
     jobs = [Job(c.name, _pair_job, (i, c, suite, base, head, tmp, cwd), cell_resources(c),
-                fallback) for i, c in enumerate(configs, start=1)]
+                fallback, suite.estimated_s(c)) for i, c in enumerate(configs, start=1)]
     for outcome in cluster.run(jobs):
         for line in outcome.result.lines:
             print(f"  {line}", file=sys.stderr, flush=True)

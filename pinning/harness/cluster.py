@@ -252,6 +252,9 @@ class Job:
     resources: dict[str, float]
     #: what a skipped or failed cell gives back: (name, status, why) -> result
     fallback: Callable[[str, str, str], Any]
+    #: its estimated seconds: dask starts the longest first (a long cell started last
+    #: would leave the other workers idle at the end)
+    estimate_s: float = 0.0
 
 
 @dataclass
@@ -510,7 +513,8 @@ class ClusterRun:
             cell_id = f"pinbench-cell-{uuid.uuid4().hex}"
             distributed.Variable(cell_id, client=self.client).set(0)  # its starts
             fut = self.client.submit(_cell_task, cell_id, job.fn, *job.args, key=cell_id,
-                                     pure=False, resources={**job.resources, self.token: 1})
+                                     pure=False, resources={**job.resources, self.token: 1},
+                                     priority=round(job.estimate_s * 1000))
             futures[cell_id] = (job, fut)
         last_table = time.monotonic()
         try:
@@ -522,7 +526,7 @@ class ClusterRun:
                 for cell_id in back:
                     job, fut = futures.pop(cell_id)
                     t0 = running.pop(cell_id, None)
-                    self._finished(where.get(cell_id, ""), t0)
+                    self._finished(where.get(cell_id, ""), t0, job.name)
                     stuck.pop(cell_id, None)
                     worker = self._name(where.get(cell_id, ""))
                     result, attempts = self._result(job, fut, cell_id)
@@ -618,11 +622,12 @@ class ClusterRun:
         if address in self.workers:
             self.workers[address].running = name
 
-    def _finished(self, address: str, t0: float | None) -> None:
+    def _finished(self, address: str, t0: float | None, name: str) -> None:
         worker = self.workers.get(address)
         if worker is not None:
             worker.done += 1
-            worker.running = ""
+            if worker.running == name:  # (its next cell may have started already)
+                worker.running = ""
             if t0 is not None:
                 worker.busy_s += time.monotonic() - t0
 
@@ -658,8 +663,8 @@ def run_cells(spec: str, todo: Sequence[BenchConfig], suite: Suite,
     def fallback(name: str, status: str, why: str) -> CellResult:
         return CellResult(name, status, why)
 
-    jobs = [Job(c.name, _bench_cell, (c, suite, cost_profile), cell_resources(c), fallback)
-            for c in todo]
+    jobs = [Job(c.name, _bench_cell, (c, suite, cost_profile), cell_resources(c), fallback,
+                suite.estimated_s(c)) for c in todo]
     describe = lambda job, cell: cell_outcome(cell, by_name[job.name])  # noqa: E731
     for outcome in run_jobs(spec, jobs, describe=describe, stream=stream):
         cell = outcome.result
