@@ -98,6 +98,18 @@ def worker_names(address: str) -> dict[str, str]:
                 .items()}
 
 
+def processes_with(entry: str) -> list[str]:
+    """The pids of the live processes whose environment holds ``entry`` (NAME=value)."""
+    out = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if entry.encode() in environ.read_bytes().split(b"\0"):
+                out.append(environ.parent.name)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return out
+
+
 class Lines:
     """A stream that keeps what was written (the progress lines)."""
 
@@ -211,15 +223,7 @@ def test_killed_worker_retries_the_cell_once_without_duplicate(scheduler, tmp_pa
     assert "was lost mid-cell; started again on" in stream.text
     # nothing of the killed attempt is still running (the bench script and its pyperf
     # processes die with the worker that started them)
-    killed_pid = f"PINBENCH_PARENT_PID={killed[0]['pid']}".encode()
-    left = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if killed_pid in environ.read_bytes().split(b"\0"):
-                left.append(environ.parent.name)
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    assert left == []
+    assert processes_with(f"PINBENCH_PARENT_PID={killed[0]['pid']}") == []
 
 
 def _forge() -> None:
@@ -278,6 +282,39 @@ def test_local_cluster_from_the_command_line(tmp_path, capsys, monkeypatch):
     got = benches(tmp_path / "r.json")
     assert len(got) == 2
     assert all(run_values(b, "pinbench.worker") <= {"0", "1"} for b in got.values())
+
+
+def test_ctrl_c_keeps_the_finished_cells_and_leaves_nothing_behind(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, local:N's workers too: the
+    client keeps the finished cells in the partial file, no worker prints a traceback,
+    and no worker, bench script or scratch directory is left."""
+    (tmp_path / "s.toml").write_text(SUITE.replace('"1GiB"', '["1GiB", "2GiB", "4GiB"]'))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pinning", "run", "--suite", "s.toml",
+                             "--cluster", "local:2", "-o", "r.json"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)})
+    err = []
+    # Until the second cell's line: a cell's line is printed just before the run records
+    # it, so by the second line the first is surely recorded.
+    for line in proc.stderr:
+        err.append(line)
+        if line.startswith("[2/9] "):
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    err.append(rest)
+    text = "".join(err)
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    assert "pinbench run: interrupted; " in text
+    partial = benches(tmp_path / "r.partial.json")
+    assert 1 <= len(partial) < 9
+    assert not (tmp_path / "r.json").exists()
+    assert list(scratch.iterdir()) == []  # the workers' scratch space went with them
+    assert processes_with(f"TMPDIR={scratch}") == []
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -151,6 +151,20 @@ async def _set_token(token: str, amount: float, dask_worker=None) -> None:
 
 # -- one cell on a worker -------------------------------------------------------------------
 
+def dask_setup(worker: Any) -> None:
+    """dask's preload hook, in each ``local:N`` worker process: ignore SIGINT.
+
+    A terminal's Ctrl-C reaches every process of its group, the workers too, which
+    would each die with a traceback; the client alone handles it (it keeps the finished
+    cells, then closes the cluster, and a running bench script dies with its worker).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# -- one cell on a worker -------------------------------------------------------------------
+
 class TooManyStarts(Exception):
     """A cell whose worker was lost mid-cell MAX_STARTS times: it does not run again."""
 
@@ -334,7 +348,8 @@ class ClusterRun:
                     self.cluster = distributed.LocalCluster(
                         n_workers=int(value), threads_per_worker=1, processes=True,
                         resources=local_resources(int(value)), dashboard_address=":0",
-                        local_directory=self._scratch, silence_logs=logging.ERROR)
+                        local_directory=self._scratch, silence_logs=logging.ERROR,
+                        preload=[__name__])  # dask_setup: Ctrl-C is the client's
                 self.client = distributed.Client(self.cluster)
             else:
                 self.client = distributed.Client(str(value), timeout=f"{CONNECT_TIMEOUT_S}s")
