@@ -345,7 +345,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise InputError(f"cannot make {output.parent}/ for the results "
                                  f"({exc.strerror or exc}): pass -o") from None
     # A side of a compare-branches pair on a lost dask worker: stop with it.
-    die_with_starter()
+    die_with_starter(name_self=False)
     start = time.monotonic()
     # A cancelled CI job gets SIGTERM, not Ctrl-C: keep the finished benchmarks the same way.
     previous = signal.signal(signal.SIGTERM, _terminated)

@@ -98,10 +98,12 @@ WORKER_ENV = "PINBENCH_WORKER"
 PARENT_ENV = "PINBENCH_PARENT_PID"
 
 
-def die_with_starter() -> None:
+def die_with_starter(*, name_self: bool = True) -> None:
     """Exit when the process that started this one is gone, now or later (see
-    :data:`PARENT_ENV`; nothing when it is not set), and name this process as the
-    starter of the processes it starts.
+    :data:`PARENT_ENV`; nothing when it is not set); with ``name_self``, name this
+    process in the environment as the starter of the processes it starts (a bench
+    script, for pyperf's workers; ``pinbench run`` names itself per child instead, so
+    that a run called in-process leaves the caller's environment alone).
 
     The death signal is asked for here, after exec, not in a ``preexec_fn`` (unsafe in
     a threaded parent such as a dask worker); a parent that died before the request
@@ -117,7 +119,8 @@ def die_with_starter() -> None:
         die_with_parent()
         if str(os.getppid()) != starter:
             sys.exit(f"the process that started this one ({starter}) is gone")
-    os.environ[PARENT_ENV] = str(os.getpid())
+    if name_self:
+        os.environ[PARENT_ENV] = str(os.getpid())
 
 
 def provenance() -> dict[str, int | float | str]:

@@ -499,7 +499,7 @@ def _run_interleaved(suite: Suite, base: Side, head: Side, tmp: Path,
             def say(line: str, i: int = i) -> None:
                 print(f"[{i}/{total}] {line}", file=sys.stderr, flush=True)
 
-            _apply(pair_cell("local", tmp, i, config, suite, base, head, tmp, cwd, say),
+            _apply(pair_cell("local", i, config, suite, base, head, tmp, cwd, say),
                    base, head, config.name)
         return
     from pinning.harness.cluster import Job, cell_resources
@@ -540,18 +540,19 @@ def _pair_job(worker: str, workdir: Path, i: int, config: BenchConfig, suite: Su
                    "needs workers that share this machine's file system")
             return PairResult(outcome={base.label: why, head.label: why})
     lines: list[str] = []
-    return pair_cell(worker, workdir, i, config, suite, base, head, tmp, cwd, lines.append,
-                     lines)
+    result = pair_cell(worker, i, config, suite, base, head, tmp, cwd, lines.append)
+    result.lines = lines
+    return result
 
 
-def pair_cell(worker: str, workdir: Path, i: int, config: BenchConfig, suite: Suite,
-              base: Side, head: Side, tmp: Path, cwd: Path, say: Callable[[str], None],
-              lines: list[str] | None = None) -> PairResult:
+def pair_cell(worker: str, i: int, config: BenchConfig, suite: Suite, base: Side,
+              head: Side, tmp: Path, cwd: Path, say: Callable[[str], None]) -> PairResult:
     """One benchmark on both sides, its rounds interleaved: the part file of each side
     (its rounds' processes merged into one benchmark) or why it failed.
 
     ``base`` and ``head`` are only read (on a cluster they are the worker's copies);
-    their processes carry ``worker`` (:data:`pinning.harness.bench.WORKER_ENV`).
+    their processes carry ``worker`` (:data:`pinning.harness.bench.WORKER_ENV`); ``say``
+    takes each round's progress line.
     """
     from pinning.harness.bench import PARENT_ENV, WORKER_ENV
 
@@ -580,7 +581,7 @@ def pair_cell(worker: str, workdir: Path, i: int, config: BenchConfig, suite: Su
                 done[side.label].append(side.parts.pop(name))
             where = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
             say(f"{name}  {side.display}{where}: {outcome}")
-    result = PairResult(lines=lines if lines is not None else [])
+    result = PairResult()
     for label, side in sides.items():
         if name in side.failed:
             result.outcome[label] = side.failed[name]
