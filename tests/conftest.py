@@ -8,9 +8,11 @@ prints the reproduction blob of any failing example.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Make ``tests.reference`` and ``pinning`` importable whatever the rootdir/PYTHONPATH.
@@ -31,3 +33,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture
+def sigint_default():
+    """Children that take Ctrl-C: a test run started in the background (``cmd &`` in a
+    non-interactive shell) inherits SIGINT ignored, and so would every process it starts;
+    with a Python handler here, a child starts with SIGINT's default disposition."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -284,7 +284,7 @@ def test_local_cluster_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert all(run_values(b, "pinbench.worker") <= {"0", "1"} for b in got.values())
 
 
-def test_ctrl_c_keeps_the_finished_cells_and_leaves_nothing_behind(tmp_path):
+def test_ctrl_c_keeps_the_finished_cells_and_leaves_nothing_behind(tmp_path, sigint_default):
     """A terminal's Ctrl-C reaches the whole process group, local:N's workers too: the
     client keeps the finished cells in the partial file, no worker prints a traceback,
     and no worker, bench script or scratch directory is left."""

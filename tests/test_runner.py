@@ -179,7 +179,7 @@ def test_failing_benchmark_is_named_others_run_exit_1_and_resume_runs_it_again(t
                    for b in done.get_benchmarks() for run in b.get_runs())
 
 
-def test_ctrl_c_writes_the_finished_benchmarks_to_a_partial_file(tmp_path):
+def test_ctrl_c_writes_the_finished_benchmarks_to_a_partial_file(tmp_path, sigint_default):
     suite = tmp_path / "slow.toml"
     suite.write_text("[suite]\nprocesses=1\nvalues=1\n[[benchmark]]\nworkload='startup'\n"
                      "strategy='demand'\nguest_size='4MiB'\n[[benchmark]]\n"
