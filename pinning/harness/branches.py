@@ -56,7 +56,7 @@ from pinning.harness.suite import Suite, load_suite
 if TYPE_CHECKING:
     from pinning.harness.cluster import ClusterRun
 from pinning.model.config import BenchConfig
-from pinning.model.names import InputError
+from pinning.model.names import InputError, time_label, wall_kind
 
 DEPS_MODES = ("install", "current")
 # What a ref must hold to be benchmarked.
@@ -261,8 +261,7 @@ def _run_bench(side: Side, name: str, suite_file: Path, part: Path, cwd: Path,
         side.parts[name] = part
         bench = pyperf.BenchmarkSuite.load(str(part)).get_benchmarks()[0]
         # on the sim backing the value times pinbench's own bookkeeping
-        sim = bench.get_metadata().get("param.backing", "sim") == "sim"
-        kind = "simulator speed" if sim else "measured"
+        kind = time_label(wall_kind(bench.get_metadata().get("param.backing")))
         return f"{bench.median() * 1e3:.3f} ms median ({kind}), {wall:.1f} s wall"
     lines = [ln.strip() for ln in f"{proc.stdout}\n{proc.stderr}".splitlines() if ln.strip()]
     why = next((ln for ln in lines if ln.startswith(("FAILED ", "skipped "))),

@@ -518,12 +518,17 @@ class ClusterRun:
             self.say(f"[{done}/{total}] {job.name}" + (f" on {worker}" if worker else "")
                      + f": {text}  ({status()})")
 
+        def give_up(job: Job, status: str, why: str) -> Outcome:
+            """A cell that did not run (skipped) or will not finish (failed)."""
+            nonlocal done
+            done += 1
+            line(job, f"{'skipped' if status == 'skipped' else 'FAILED'}: {why}", "")
+            return Outcome(job, job.fallback(job.name, status, why), "", 0)
+
         for job in jobs:
             why = self.unmet(job.resources)
             if why:
-                done += 1
-                line(job, f"skipped: {why}", "")
-                yield Outcome(job, job.fallback(job.name, "skipped", why), "", 0)
+                yield give_up(job, "skipped", why)
                 continue
             cell_id = f"pinbench-cell-{uuid.uuid4().hex}"
             distributed.Variable(cell_id, client=self.client).set(0)  # its starts
@@ -558,10 +563,8 @@ class ClusterRun:
                         elif now - stuck.setdefault(cell_id, now) > UNPLACEABLE_S:
                             fut.cancel()
                             del futures[cell_id]
-                            done += 1
-                            why = f"no live worker can take it for {UNPLACEABLE_S} s: {why}"
-                            line(job, f"FAILED: {why}", "")
-                            yield Outcome(job, job.fallback(job.name, "failed", why), "", 0)
+                            yield give_up(job, "failed", f"no live worker can take it for "
+                                          f"{UNPLACEABLE_S} s: {why}")
                 if time.monotonic() - last_table > TABLE_EVERY_S and futures:
                     last_table = time.monotonic()
                     self.say(self.worker_table())
@@ -569,11 +572,9 @@ class ClusterRun:
         except (OSError, TimeoutError) as exc:
             # the scheduler went away: what finished stays finished
             why = f"the connection to the cluster was lost ({_first_line(exc)})"
-            for job, _ in futures.values():
-                done += 1
-                line(job, f"FAILED: {why}", "")
-                yield Outcome(job, job.fallback(job.name, "failed", why), "", 0)
-            futures.clear()
+            while futures:
+                job, _ = futures.popitem()[1]
+                yield give_up(job, "failed", why)
         finally:
             for _, fut in futures.values():
                 fut.cancel()

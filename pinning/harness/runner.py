@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from pinning.harness.backings import TABLE, preflight
 from pinning.harness.bench import PARENT_ENV, WORKER_ENV
 from pinning.harness.suite import Suite
 from pinning.model.config import BenchConfig
-from pinning.model.names import InputError
+from pinning.model.names import InputError, time_label, wall_kind
 from pinning.model.units import format_size
 
 # The bench scripts of a checkout; PINBENCH_BENCH_DIR points elsewhere (e.g. a
@@ -364,11 +365,16 @@ class CellResult:
     #: how many times the cell was started (2: its first worker was lost mid-cell)
     attempts: int = 1
 
-    def benchmark(self):
-        """The pyperf Benchmark of a done cell."""
+    @cached_property
+    def _parsed(self):
         import pyperf
 
         return pyperf.BenchmarkSuite.loads(self.bench_json or "").get_benchmarks()[0]
+
+    def benchmark(self):
+        """The pyperf Benchmark of a done cell (parsed once: the progress line and the
+        results both read it)."""
+        return self._parsed
 
 
 def run_cell(config: BenchConfig, suite: Suite, cost_profile: str | None, workdir: Path,
@@ -418,7 +424,7 @@ def cell_outcome(cell: CellResult, config: BenchConfig) -> str:
     if cell.status == "failed":
         return f"FAILED: {cell.why}"
     # on the sim backing the value times pinbench's own bookkeeping
-    kind = "simulator speed" if config.backing == "sim" else "measured"
+    kind = time_label(wall_kind(config.backing))
     return f"{cell.benchmark().median() * 1e3:.3f} ms median ({kind}), {cell.wall_s:.1f} s wall"
 
 
